@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny generated CIFAR-format data and a composed-then-shrunk config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+os.environ.setdefault("TUNE_CIFAR_OFFLINE_PROBE_TIMEOUT", "2")
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="real Fashion-MNIST missing: apt-get install dataset-fashion-mnist",
+)
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    from cifar_files import write_cifar10
+
+    root = tmp_path_factory.mktemp("cifar10")
+    write_cifar10(root, n_train=200, n_test=60, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory) -> Path:
+    from cifar_files import write_cifar100
+
+    root = tmp_path_factory.mktemp("cifar100")
+    write_cifar100(root, n_train=300, n_test=100, seed=0)
+    return root
+
+
+def tiny_overrides(data_root: Path, out: Path, *extra: str) -> list[str]:
+    """Compose the real config, then shrink it: tiny model, one small epoch, CPU."""
+    return [
+        "data=cifar10", f"data.dataset_path={data_root}", "data.download=false",
+        "data.train_batch_size=32", "data.inference_batch_size=64",
+        "model=small_cnn", "model.model_name=tiny_cnn",
+        "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1", f"run.output_dir={out}", "optimizer.lr=0.05",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(cifar10_root, tmp_path):
+    from tune_cifar.config import load_config
+
+    def make(*extra: str):
+        return load_config(tiny_overrides(cifar10_root, tmp_path / "outputs", *extra))
+
+    return make

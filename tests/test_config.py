@@ -1,0 +1,76 @@
+"""The real Hydra config composes, overrides work, bad values give one-line errors."""
+
+import pytest
+
+from tune_cifar.config import CONFIG_DIR, config_from_dict, load_config, set_dotted, to_plain, compose
+from tune_cifar.errors import UserError
+
+
+def test_default_config_keeps_the_seed_sections_and_keys():
+    cfg = load_config()
+    assert cfg.data.name == "cifar10" and cfg.data.num_classes == 10
+    assert cfg.model.provider_name == "timm" and cfg.model.model_name == "resnet18"
+    assert cfg.model.modifiers.cifar_stem is True
+    assert cfg.task.task == "classification_multiclass"
+    assert cfg.optimizer.optimizer == "sgd" and cfg.optimizer.metrics == {"accuracy": {}}
+    for key in ("accelerator", "devices", "max_epochs", "val_check_interval",
+                "check_val_every_n_epoch", "log_every_n_steps"):
+        assert hasattr(cfg.trainer, key)
+    assert cfg.run.experiment == "cifar10_resnet18"  # interpolated from data and model
+
+
+@pytest.mark.parametrize("group", ["data", "model", "optimizer", "task", "trainer"])
+def test_every_option_of_every_group_composes(group):
+    for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
+        extra = ["data.num_classes=3", "data.dataset_path=/tmp/x"] if option == "folder" else []
+        extra += ["data.num_classes=2"] if option == "classification_binary" else []
+        cfg = load_config([f"{group}={option}", *extra])
+        assert cfg is not None
+
+
+def test_overrides_and_group_switches():
+    cfg = load_config(["optimizer=adamw", "optimizer.lr=0.003", "model=small_cnn", "data=cifar100",
+                       "trainer.max_epochs=3", "+model.model_kwargs.drop_rate=0.1"])
+    assert cfg.optimizer.optimizer == "adamw" and cfg.optimizer.lr == pytest.approx(0.003)
+    assert cfg.model.provider_name == "builtin" and cfg.data.num_classes == 100
+    assert cfg.trainer.max_epochs == 3 and cfg.model.model_kwargs["drop_rate"] == 0.1
+    assert cfg.run.experiment == "cifar100_small_cnn"
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["optimizer.lr=-0.1"], "optimizer.lr"),
+    (["optimizer.lr=fast"], "optimizer.lr"),
+    (["data.train_batch_size=0"], "data.train_batch_size"),
+    (["data.train_batch_size=-8"], "data.train_batch_size"),
+    (["optimizer.optimizer=lamb"], "adamw"),
+    (["task.task=regression"], "classification_multiclass"),
+    (["model=unknown_model"], "model/unknown_model"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator"),
+    (["+data.bogus=1"], "data.bogus"),
+    (["trainer.precision=8"], "trainer.precision"),
+    (["task.task=classification_binary"], "data.num_classes=2"),
+    (["+model.model_kwargs.num_classes=7"], "model.model_kwargs.num_classes"),
+    (["data.val_fraction=1.5"], "data.val_fraction"),
+])
+def test_bad_values_are_one_line_user_errors(override, needle):
+    with pytest.raises(UserError) as err:
+        load_config(override)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_config_from_dict_round_trip_and_set_dotted():
+    cfg = load_config(["optimizer=adam"])
+    data = cfg.to_dict()
+    set_dotted(data, "optimizer.lr", 0.5)
+    set_dotted(data, "model.model_name", "resnet34")
+    again = config_from_dict(data)
+    assert again.optimizer.lr == 0.5 and again.model.model_name == "resnet34"
+    with pytest.raises(UserError, match="optimizer.nope"):
+        set_dotted(data, "optimizer.nope.deeper", 1)
+
+
+def test_compose_returns_resolvable_dictconfig():
+    plain = to_plain(compose(["data=fashion_mnist"]))
+    assert plain["data"]["dataset_path"] == "/usr/share/datasets/fashion-mnist"
+    assert plain["run"]["experiment"] == "fashion_mnist_resnet18"

@@ -1,0 +1,318 @@
+"""Typed configuration: Hydra composes YAML at the edge, this module validates it once.
+
+Inside the package, code takes these dataclasses, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UserError, allowed, check_choice
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+TASKS = ("classification_binary", "classification_multiclass", "classification_multilabel")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "onecycle", "step")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "cifar10_resnet18"
+    predict: bool = False
+    checkpoint_path: Optional[str] = None
+    resume: bool = False  # with checkpoint_path: True resumes training state, False loads weights only
+    seed: int = 42
+    output_dir: str = "outputs"
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    num_classes: int = 10
+    dataset_path: str = "data"
+    download: bool = True
+    train_batch_size: int = 128
+    inference_batch_size: int = 512
+    num_workers: int = 0
+    val_fraction: float = 0.1
+    train_subset: Optional[int] = None
+    val_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    cifar100_labels: str = "fine"
+    image_size: Optional[int] = None
+    labels_csv: Optional[str] = None
+    label_groups: Optional[dict] = None  # {"vehicle": ["airplane", ...], "animal": [...]}
+    on_device: str = "auto"  # keep the uint8 dataset on the training device: auto (GPU only), true, false
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TaskConfig:
+    task: str = "classification_multiclass"
+    label_smoothing: float = 0.0
+    threshold: float = 0.5  # binary / multilabel decision threshold
+    monitor: str = "accuracy/val"
+    monitor_mode: str = "max"
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: int = 1
+    max_epochs: int = 10
+    val_check_interval: float = 1.0
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 50
+    fast_dev_run: bool = False
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    gradient_clip_val: Optional[float] = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class FirstConvModifier:
+    num_input_channels: int
+
+
+@dataclass
+class LastLayerModifier:
+    num_outputs: int
+
+
+@dataclass
+class ModifiersConfig:
+    cifar_stem: bool = False
+    change_first_convolutional_layer: Optional[FirstConvModifier] = None
+    change_last_layer: Optional[LastLayerModifier] = None
+    change_last_layer_to_identity: bool = False
+
+
+@dataclass
+class ModelConfig:
+    provider_name: str = "timm"
+    model_name: str = "resnet18"
+    model_kwargs: dict = field(default_factory=dict)
+    modifiers: ModifiersConfig = field(default_factory=ModifiersConfig)
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 30  # epochs, for "step"
+    gamma: float = 0.1
+
+
+@dataclass
+class OptimizerConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    metrics: dict = field(default_factory=lambda: {"accuracy": {}})
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint, converting ints to floats where a float is wanted."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key} must be a mapping, got {value!r}")
+        return _build(hint, value, key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif hint is dict:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - all hints above
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise UserError(f"config: {key}={value!r} must be of type {name}")
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        bad = sorted(unknown)[0]
+        key = f"{prefix}.{bad}" if prefix else bad
+        raise UserError(f"config: unknown key {key}; allowed: {allowed(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"config: missing key {key}")
+    return cls(**kwargs)
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"config: {key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(cfg: Config) -> Config:
+    """Value checks that types alone do not catch."""
+    check_choice("task.task", cfg.task.task, TASKS)
+    check_choice("data.name", cfg.data.name, DATASETS)
+    check_choice("optimizer.optimizer", cfg.optimizer.optimizer, OPTIMIZERS)
+    check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, SCHEDULERS)
+    check_choice("trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS)
+    check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    check_choice("task.monitor_mode", cfg.task.monitor_mode, ("max", "min"))
+    check_choice("data.cifar100_labels", cfg.data.cifar100_labels, ("fine", "coarse"))
+    check_choice("data.on_device", cfg.data.on_device, ("auto", "true", "false"))
+    for key in ("data.num_classes", "data.train_batch_size", "data.inference_batch_size",
+                "trainer.devices", "trainer.max_epochs", "trainer.check_val_every_n_epoch",
+                "trainer.log_every_n_steps", "optimizer.lr", "data.train_subset", "data.val_subset",
+                "data.test_subset", "optimizer.scheduler.step_size"):
+        section, *rest = key.split(".")
+        value = getattr(cfg, section)
+        for part in rest:
+            value = getattr(value, part)
+        _positive(key, value)
+    for key, value in (("data.num_workers", cfg.data.num_workers),
+                       ("optimizer.weight_decay", cfg.optimizer.weight_decay),
+                       ("optimizer.momentum", cfg.optimizer.momentum),
+                       ("optimizer.scheduler.warmup_epochs", cfg.optimizer.scheduler.warmup_epochs),
+                       ("task.label_smoothing", cfg.task.label_smoothing),
+                       ("data.augment.crop_padding", cfg.data.augment.crop_padding),
+                       ("data.augment.cutout", cfg.data.augment.cutout)):
+        _positive(key, value, allow_zero=True)
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise UserError(f"config: data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
+    if not 0.0 < cfg.task.threshold < 1.0:
+        raise UserError(f"config: task.threshold={cfg.task.threshold} must be in (0, 1)")
+    if cfg.task.label_smoothing >= 1.0:
+        raise UserError(f"config: task.label_smoothing={cfg.task.label_smoothing} must be < 1")
+    if cfg.task.task == "classification_binary" and cfg.data.num_classes != 2:
+        raise UserError(
+            f"config: task.task=classification_binary needs data.num_classes=2, got {cfg.data.num_classes}"
+        )
+    kw = cfg.model.model_kwargs
+    if "num_classes" in kw and kw["num_classes"] != cfg.data.num_classes:
+        raise UserError(
+            f"config: model.model_kwargs.num_classes={kw['num_classes']} disagrees with "
+            f"data.num_classes={cfg.data.num_classes}; remove it (it is taken from data.num_classes)"
+        )
+    if not cfg.optimizer.metrics:
+        raise UserError("config: optimizer.metrics is empty; give at least one metric, e.g. accuracy")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a Config from a plain (resolved) dict."""
+    return validate(_build(Config, dict(data), ""))
+
+
+# --------------------------------------------------------------------------- Hydra edge
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None,
+            config_name: str = "config"):
+    """Compose the Hydra config with CLI-style overrides; errors become one-line UserErrors."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    config_dir = Path(config_dir or CONFIG_DIR).resolve()
+    if not (config_dir / f"{config_name}.yaml").is_file():
+        raise UserError(f"config: {config_dir / (config_name + '.yaml')} not found")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise UserError(f"config override: {' '.join(lines) or type(err).__name__}") from None
+
+
+def to_plain(cfg) -> dict:
+    """DictConfig -> resolved plain dict."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise UserError(f"config: {str(err).splitlines()[0]}") from None
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> Config:
+    """Compose + validate: the one call CLIs make."""
+    return config_from_dict(to_plain(compose(overrides, config_dir)))
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict; the path must exist (except the last key of a free dict)."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"config: unknown key {'.'.join(parts[: i + 1])}")
+        if node[part] is None:
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
