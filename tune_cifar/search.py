@@ -1,0 +1,276 @@
+"""Hyperparameter search: ``python -m tune_cifar.search SPACE.yaml [overrides] [options]``.
+
+Runs Ray Tune trials (Optuna TPE or random search, ASHA or FIFO scheduling) over the
+parameters of a search-space file (schema: search_spaces/README.md), then exports the best
+trial's best checkpoint. Overrides are Hydra-style for the base config (``model=small_cnn``,
+``data.train_subset=5000``) or ``search.key=value`` for the file's search section.
+
+Outputs under ``<storage_path>/<experiment>/``: ``<timestamp>/`` (Ray's trials, results.csv,
+search.yaml) and ``best/`` (the export); ``<storage_path>/best`` links to the latest export.
+``--debug`` runs one trial in this process without Ray (breakpoints work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from .errors import UserError, cli_entry
+from .space import SearchSpace, load_space, sample
+
+log = logging.getLogger("tune_cifar")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tune_cifar.search", description=__doc__.split("\n")[0],
+                                epilog="Example: python -m tune_cifar.search search_spaces/cpu_small.yaml "
+                                       "search.num_samples=4 data.train_subset=2000")
+    p.add_argument("space_file", help="search-space YAML file (see search_spaces/README.md)")
+    p.add_argument("overrides", nargs="*", help="key=value for the base config, or search.key=value")
+    p.add_argument("--debug", action="store_true", help="run one trial in this process, without Ray")
+    p.add_argument("--params", help='with --debug: JSON {"dotted.key": value, ...}; the rest is sampled')
+    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    p.add_argument("--num-samples", type=int, help="same as search.num_samples=N")
+    p.add_argument("--output-dir", help="same as search.storage_path=DIR (default: run.output_dir)")
+    return p.parse_args(list(argv))
+
+
+def _stamp(parent: Path, prefix: str = "") -> str:
+    stamp = prefix + time.strftime("%Y-%m-%d_%H-%M-%S")
+    name, n = stamp, 1
+    while (parent / name).exists():
+        n += 1
+        name = f"{stamp}_{n}"
+    return name
+
+
+# --------------------------------------------------------------------------- debug (no Ray)
+
+
+def debug(space: SearchSpace, params: str | None) -> dict:
+    """One trial in-process: given (--params) and sampled values, loggers and a best checkpoint."""
+    import torch
+
+    from .data import load_data
+    from .trial import run_trial, val_metrics
+
+    try:
+        given = json.loads(params) if params else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--params is not valid JSON: {err}") from None
+    if not isinstance(given, dict):
+        raise UserError('--params must be a JSON object like {"optimizer.lr": 0.01}')
+    space.check_gpus(torch.cuda.device_count())
+    values = sample(space, given, seed=space.search.searcher.seed)
+    print(f"debug trial: {json.dumps(values, default=str)}", flush=True)
+    cfg = space.trial_config(values)
+    arrays = load_data(cfg.data, cfg.task.task)
+    exp_dir = Path(space.search.storage_path) / space.search.experiment
+    out_dir = exp_dir / _stamp(exp_dir, "debug_")
+    out_dir.mkdir(parents=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trainer = run_trial(cfg, arrays, out_dir, checkpointing=True, loggers=True)
+    metrics = val_metrics(trainer)
+    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    print(f"outputs: {out_dir}")
+    return {"values": values, "val": metrics, "output_dir": str(out_dir)}
+
+
+# --------------------------------------------------------------------------- the search (Ray)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def start_ray(address: str | None):
+    """Join ``address``, or start a quiet local Ray (no dashboard); returns True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    return True
+
+
+def run_search(space: SearchSpace, address: str | None = None, overrides: Sequence[str] = ()) -> dict:
+    """Run the trials, write results.csv, export the best trial; returns a summary dict."""
+    import ray
+    import torch
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .config import config_from_dict
+    from .data import load_data
+    from .space import make_sampler
+    from .trainable import train_trial
+
+    s = space.search
+    root = Path(s.storage_path).resolve()
+    exp_dir = root / s.experiment
+    run_name = _stamp(exp_dir)
+    run_dir = exp_dir / run_name
+    space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
+    cfg = config_from_dict(space.base)
+    arrays = load_data(cfg.data, cfg.task.task)  # read and decoded once, shared via the object store
+
+    started = start_ray(address)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0) if address else torch.cuda.device_count()
+        space.check_gpus(gpus, "the Ray cluster" if address else "this machine")
+        points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
+        searcher = OptunaSearch(space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
+                                points_to_evaluate=points or None)
+        if s.scheduler.name == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.scheduler.max_epochs,
+                                      grace_period=s.scheduler.grace_period,
+                                      reduction_factor=s.scheduler.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        trainable = tune.with_resources(tune.with_parameters(train_trial, space=space, arrays=arrays),
+                                        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
+                num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=run_name, storage_path=str(exp_dir),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
+                                                        checkpoint_score_attribute=s.metric,
+                                                        checkpoint_score_order=s.mode),
+                failure_config=tune.FailureConfig(max_failures=s.max_failures)),
+        )
+        (run_dir).mkdir(parents=True, exist_ok=True)
+        (run_dir / "search.yaml").write_text(yaml.safe_dump(
+            {"space_file": space.path, "overrides": list(overrides),
+             "search": _plain(s), "base": space.base}, sort_keys=False))
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return finish(space, grid, run_dir, arrays)
+
+
+def _plain(obj):
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+# --------------------------------------------------------------------------- after the search
+
+
+def results_table(space: SearchSpace, grid):
+    """One row per trial: status, best metric and its epoch, epochs run, time, hyperparameters."""
+    import pandas as pd
+
+    s, rows = space.search, []
+    for result in grid:
+        df = result.metrics_dataframe
+        has = df is not None and len(df) and s.metric in df
+        values = df[s.metric].astype(float) if has else pd.Series(dtype=float)
+        best_i = (values.idxmax() if s.mode == "max" else values.idxmin()) if values.notna().any() else None
+        epochs = int(df["training_iteration"].max()) if has else 0
+        status = ("error" if result.error else
+                  "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
+        rows.append({
+            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_"),
+            "status": status,
+            s.metric: float(values[best_i]) if best_i is not None else math.nan,
+            "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
+            "epochs": epochs,
+            "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
+            **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
+               for k, v in space.values(result.config or {}).items()},
+            "error": str(result.error).strip().splitlines()[-1][:200] if result.error else "",
+        })
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(s.metric, ascending=s.mode == "min", na_position="last")
+    return table
+
+
+def summary_text(space: SearchSpace, table, top: int = 5) -> str:
+    s = space.search
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    head = (f"{len(table)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}), "
+            f"{int(table['epochs'].sum()) if len(table) else 0} trial-epochs; top {min(top, len(table))} "
+            f"by {s.metric} ({s.mode}):")
+    cols = [c for c in table.columns if c != "error"]
+    return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def finish(space: SearchSpace, grid, run_dir: Path, arrays) -> dict:
+    """results.csv, printed summary, export of the best trial at its best epoch (+ test metrics)."""
+    from .export import write_export
+    from .trainable import checkpoint_file
+    from .trial import evaluate
+
+    s = space.search
+    table = results_table(space, grid)
+    table.to_csv(run_dir / "results.csv", index=False)
+    print(summary_text(space, table), flush=True)
+    print(f"results: {run_dir / 'results.csv'}")
+    out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
+           "trial_epochs": int(table["epochs"].sum()) if len(table) else 0}
+    try:
+        best = grid.get_best_result(metric=s.metric, mode=s.mode, scope="all", filter_nan_and_inf=True)
+    except RuntimeError:
+        best = None
+    checkpoint = best.get_best_checkpoint(s.metric, s.mode) if best is not None else None
+    if checkpoint is None:
+        first = next((r.error for r in grid if r.error), None)
+        reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
+        raise UserError(f"no trial reported {s.metric} with a checkpoint, nothing exported (see {run_dir}){reason}")
+
+    values = space.values(best.config)
+    cfg = space.trial_config(values)
+    reported = next((m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics)
+    metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
+               **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
+    with checkpoint.as_directory() as directory:
+        metrics.update(evaluate(cfg, checkpoint_file(directory), arrays))
+        dest = write_export(Path(s.storage_path) / s.experiment / "best", checkpoint_file(directory),
+                            config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
+                            experiment=s.experiment, link_root=Path(s.storage_path))
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
+    print(f"exported: {dest} (latest: {Path(s.storage_path) / 'best'})")
+    out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
+    (run_dir / "best.json").write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = list(args.overrides)
+    if args.num_samples is not None:
+        overrides.append(f"search.num_samples={args.num_samples}")
+    if args.output_dir:
+        overrides.append(f"search.storage_path={args.output_dir}")
+    if args.params and not args.debug:
+        raise UserError("--params only works with --debug (a search samples its parameters)")
+    space = load_space(args.space_file, overrides)
+    if args.debug:
+        return debug(space, args.params)
+    return run_search(space, args.address, overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The Ray Tune function trainable: one trial is one Lightning fit, reported once per validation epoch.
+
+The driver passes the parsed space and the decoded dataset with ``tune.with_parameters``
+(one copy in Ray's object store, read zero-copy by every trial).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ray import tune
+from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+
+from .config import Config
+from .data import ImageArrays
+from .space import SearchSpace
+from .trial import run_trial
+
+CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
+
+
+def reported_metrics(cfg: Config) -> list[str]:
+    """What each report holds: the validation loss and metrics (Lightning's names, e.g. accuracy/val)."""
+    return ["loss/val", *(f"{m}/val" for m in cfg.optimizer.metrics)]
+
+
+def checkpoint_file(directory: str | Path) -> Path:
+    return Path(directory) / CHECKPOINT_FILE
+
+
+def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
+    """Ray's entry point for one trial; ``config`` is what the Optuna searcher suggested."""
+    cfg = space.trial_config(space.values(config))
+    torch.set_num_threads(max(1, int(space.search.resources.cpu)))
+    report = TuneReportCheckpointCallback(metrics=reported_metrics(cfg), filename=CHECKPOINT_FILE,
+                                          on="validation_end")
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(cfg, arrays, None, [report])
+        return
+    with checkpoint.as_directory() as directory:  # a retried trial resumes where it stopped
+        run_trial(cfg, arrays, None, [report], ckpt_path=checkpoint_file(directory))

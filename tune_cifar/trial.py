@@ -1,0 +1,47 @@
+"""One search trial without Ray: used by the Ray trainable and by ``search --debug``.
+
+Builds the datamodule, system and trainer with ``tune_cifar.train``'s own functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from .config import Config
+from .data import ImageArrays, ImageDataModule
+from .system import load_system
+from .train import build_system, build_trainer
+
+
+def run_trial(cfg: Config, arrays: ImageArrays, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),
+              ckpt_path: str | Path | None = None, checkpointing: bool = False,
+              loggers: bool = False) -> pl.Trainer:
+    """Fit one configuration (resuming from ``ckpt_path`` if given); returns the trainer."""
+    pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
+    system = build_system(cfg, arrays)
+    trainer = build_trainer(cfg, out_dir, callbacks=callbacks, checkpointing=checkpointing, loggers=loggers,
+                            enable_model_summary=False)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    return trainer
+
+
+def val_metrics(trainer: pl.Trainer) -> dict:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("/val")}
+
+
+def evaluate(cfg: Config, checkpoint: str | Path, arrays: ImageArrays) -> dict:
+    """Test metrics of a checkpoint, computed the Ray-free way (what ``predict`` reproduces)."""
+    t = cfg.trainer
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # e.g. a CPU-only driver
+        t = dataclasses.replace(t, accelerator="cpu", precision="32-true" if "16" in t.precision else t.precision)
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(t, enable_progress_bar=False, fast_dev_run=False))
+    system = load_system(checkpoint)
+    trainer = build_trainer(cfg, None, checkpointing=False, loggers=False, enable_model_summary=False)
+    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
+    return {k: float(v) for k, v in trainer.test(system, datamodule=datamodule, verbose=False)[0].items()}
