@@ -42,7 +42,7 @@ def tiny_overrides(data_root: Path, out: Path, *extra: str) -> list[str]:
         "data.train_batch_size=32", "data.inference_batch_size=64",
         "model=small_cnn", "model.model_name=tiny_cnn",
         "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", f"run.output_dir={out}", "optimizer.lr=0.05",
+        "trainer.log_every_n_steps=1", f"run.output_dir={out}", "optimizer=adamw", "optimizer.lr=0.02",
         *extra,
     ]
 

@@ -1,0 +1,141 @@
+"""tune_cifar.train end to end on tiny generated CIFAR files (and real Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import needs_fashion, tiny_overrides
+from tune_cifar import train
+from tune_cifar.config import load_config
+from tune_cifar.system import load_system
+
+
+def _csv_keys(out_dir: Path) -> set[str]:
+    with open(out_dir / "csv" / "metrics.csv") as f:
+        return set(next(csv.reader(f)))
+
+
+def test_fit_writes_outputs_and_learns(tiny_cfg):
+    cfg = tiny_cfg("trainer.max_epochs=3")
+    result = train.run(cfg)
+    out = Path(result["output_dir"])
+    assert out.parent.name == "cifar10_tiny_cnn"
+    assert (out / "config.yaml").is_file() and (out / "results.json").is_file()
+    assert not Path(result["best_checkpoint"]).is_absolute()
+    assert (out / result["best_checkpoint"]).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert {"loss/train", "loss/val", "accuracy/val", "accuracy/test"} <= _csv_keys(out)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # the generated classes are separable: 3 epochs of a 510-parameter CNN beat chance (10%)
+    assert result["test"]["accuracy/test"] > 0.25
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test"] == pytest.approx(result["test"])
+
+
+def test_same_seed_same_metrics(tiny_cfg):
+    a = train.run(tiny_cfg("run.seed=3"))
+    b = train.run(tiny_cfg("run.seed=3"))
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+
+
+def test_fast_dev_run_needs_no_checkpoints(tiny_cfg):
+    result = train.run(tiny_cfg("trainer.fast_dev_run=true"))
+    assert "best_checkpoint" not in result and "loss/test" in result["test"]
+
+
+def test_predict_mode_reproduces_test_metrics(tiny_cfg):
+    first = train.run(tiny_cfg("trainer.max_epochs=2"))
+    ckpt = Path(first["output_dir"]) / first["best_checkpoint"]
+    again = train.run(tiny_cfg("run.predict=true", f"run.checkpoint_path={ckpt}"))
+    assert again["test"]["accuracy/test"] == pytest.approx(first["test"]["accuracy/test"])
+
+
+def test_resume_continues_from_last_epoch(tiny_cfg):
+    first = train.run(tiny_cfg("trainer.max_epochs=1"))
+    last = Path(first["output_dir"]) / "checkpoints" / "last.ckpt"
+    resumed = train.run(tiny_cfg("trainer.max_epochs=2", "run.resume=true", f"run.checkpoint_path={last}"))
+    ckpt = torch.load(Path(resumed["output_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1  # second epoch, not a fresh first one
+
+
+def test_transfer_learning_keeps_body_and_resets_head(cifar100_root, tiny_cfg, tmp_path):
+    src = train.run(load_config(tiny_overrides(cifar100_root, tmp_path / "o100", "data=cifar100")))
+    src_ckpt = Path(src["output_dir"]) / src["best_checkpoint"]
+    src_state = load_system(src_ckpt).state_dict()
+    cfg = tiny_cfg(f"run.checkpoint_path={src_ckpt}", "trainer.max_epochs=1")
+    arrays = train.load_data(cfg.data, cfg.task.task)
+    system = train.build_system(cfg, arrays)
+    skipped = train.transfer_weights(system, str(src_ckpt))
+    state = system.state_dict()
+    head = [k for k in skipped if k.startswith("model.")]
+    assert head and all(state[k].shape != src_state[k].shape for k in head)  # 100 -> 10 classes
+    body = [k for k in state if k.startswith("model.") and k not in skipped]
+    assert body and all(torch.equal(state[k], src_state[k]) for k in body)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["data.dataset_path=/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["data.num_classes=7"], "data.num_classes"),
+    (["optimizer.metrics={accuracy: {}, dice: {}}"], "dice"),
+    (["optimizer.metrics={acc: {callable: 'os.system'}}"], "acc"),
+    (["model.provider_name=keras"], "keras"),
+    (["model.model_name=resnet9000"], "resnet9000"),
+    (["run.predict=true", "run.checkpoint_path=/nonexistent.ckpt"], "/nonexistent.ckpt"),
+    (["task.monitor=f1/val"], "task.monitor"),
+    (["trainer.precision=16-mixed"], "16-mixed"),
+])
+def test_bad_input_exits_2_with_one_line(cifar10_root, tmp_path, capsys, extra, needle):
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_overrides(cifar10_root, tmp_path, *extra))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupted_checkpoint_is_refused(cifar10_root, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x80\x04not a checkpoint at all")
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_overrides(cifar10_root, tmp_path, "run.predict=true", f"run.checkpoint_path={bad}"))
+    assert exc.value.code == 2 and str(bad) in capsys.readouterr().err
+
+
+def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": Payload()}, evil)
+    from tune_cifar.errors import UserError
+
+    with pytest.raises(UserError, match="weights_only"):
+        load_system(evil)
+
+
+def test_cli_prints_no_traceback(cifar10_root, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tune_cifar.train", *tiny_overrides(cifar10_root, tmp_path, "optimizer.lr=-1")],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "optimizer.lr" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@needs_fashion
+def test_small_cnn_learns_real_fashion_mnist(tmp_path):
+    """Real data: the built-in CNN, 5,000 training images, 2 epochs, >= 80% on the real test set."""
+    cfg = load_config([
+        "data=fashion_mnist", "model=small_cnn", "data.train_subset=5000", "trainer.max_epochs=2",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", f"run.output_dir={tmp_path}",
+        "data.train_batch_size=64", "optimizer.lr=0.1", "data.augment.crop_padding=0",
+    ])
+    result = train.run(cfg)
+    assert result["test"]["accuracy/test"] >= 0.80

@@ -1,0 +1,144 @@
+"""LightningDataModule over decoded uint8 arrays; augmentation runs batched on the device."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from ..config import DataConfig
+from ..errors import UserError
+from .augment import Augment
+from .sources import ImageArrays, group_labels, load_source
+
+
+def load_data(cfg: DataConfig, task: str) -> ImageArrays:
+    """Read the dataset named by the config and check it against the config."""
+    arrays = load_source(cfg.name, cfg.dataset_path, download=cfg.download,
+                         cifar100_labels=cfg.cifar100_labels, image_size=cfg.image_size,
+                         labels_csv=cfg.labels_csv)
+    if cfg.label_groups:
+        arrays = group_labels(arrays, cfg.label_groups)
+    if arrays.num_classes != cfg.num_classes:
+        raise UserError(
+            f"config: data.num_classes={cfg.num_classes} but {cfg.name} at {cfg.dataset_path} has "
+            f"{arrays.num_classes} classes; set data.num_classes={arrays.num_classes}"
+        )
+    multilabel = arrays.train_y.ndim == 2
+    if multilabel != (task == "classification_multilabel"):
+        raise UserError(
+            f"config: task.task={task} does not fit {cfg.name}: its labels are "
+            f"{'multi-hot (use classification_multilabel)' if multilabel else 'single class per image'}"
+        )
+    return arrays
+
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy view (arrays from Ray's object store are read-only; we never write to them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Indexed by a list of indices: one tensor gather per batch instead of one per image."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx, device=self.x.device)
+        return self.x[idx], self.y[idx]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Train/val/test splits of an ImageArrays; seeded split, optional subsets."""
+
+    def __init__(self, cfg: DataConfig, arrays: ImageArrays, seed: int = 0):
+        super().__init__()
+        self.cfg, self.arrays, self.seed = cfg, arrays, seed
+        self.augment = Augment(cfg.augment.crop_padding, cfg.augment.flip, cfg.augment.cutout)
+        self._splits: dict[str, _Batches] = {}
+
+    # -- splits ---------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        a, cfg = self.arrays, self.cfg
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(a.train_x))
+        n_val = int(round(len(order) * cfg.val_fraction))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        if cfg.train_subset:
+            train_idx = np.sort(rng.permutation(train_idx)[: cfg.train_subset])
+        if cfg.val_subset:
+            val_idx = np.sort(rng.permutation(val_idx)[: cfg.val_subset])
+        test_idx = np.arange(len(a.test_x))
+        if cfg.test_subset:
+            test_idx = np.sort(rng.permutation(test_idx)[: cfg.test_subset])
+        if len(train_idx) == 0:
+            raise UserError(f"config: no training images left (data.val_fraction={cfg.val_fraction})")
+        device = self._data_device()
+        x_train, y_train = _as_tensor(a.train_x), _as_tensor(a.train_y)
+        x_test, y_test = _as_tensor(a.test_x), _as_tensor(a.test_y)
+
+        def take(x, y, idx):
+            idx_t = torch.as_tensor(idx)
+            return _Batches(x[idx_t].to(device), y[idx_t].to(device))
+
+        self._splits = {"train": take(x_train, y_train, train_idx), "test": take(x_test, y_test, test_idx)}
+        if len(val_idx):
+            self._splits["val"] = take(x_train, y_train, val_idx)
+
+    def _data_device(self) -> torch.device:
+        """Keep data on the accelerator when asked (auto: on GPUs, with no loader workers)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        wanted = self.cfg.on_device
+        if wanted == "true" or (wanted == "auto" and device.type == "cuda" and self.cfg.num_workers == 0):
+            if self.cfg.num_workers:
+                raise UserError("config: data.on_device=true needs data.num_workers=0")
+            return device
+        return torch.device("cpu")
+
+    def split_size(self, name: str) -> int:
+        self.setup()
+        return len(self._splits[name]) if name in self._splits else 0
+
+    # -- loaders --------------------------------------------------------------
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        ds = self._splits[name]
+        if shuffle:
+            gen = torch.Generator().manual_seed(self.seed)  # advances across epochs: new order each epoch
+            sampler = RandomSampler(ds, generator=gen)
+        else:
+            sampler = SequentialSampler(ds)
+        drop_last = shuffle and len(ds) > batch_size
+        on_device = ds.x.device.type != "cpu"
+        return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None,
+                          num_workers=0 if on_device else self.cfg.num_workers,
+                          pin_memory=not on_device and torch.cuda.is_available(),
+                          persistent_workers=self.cfg.num_workers > 0 and not on_device)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.cfg.train_batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        if "val" not in self._splits:
+            return []
+        return self._loader("val", self.cfg.inference_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.cfg.inference_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches where they now live (the training device)."""
+        if self.trainer is not None and self.trainer.training:
+            x, y = batch
+            batch = (self.augment(x), y)
+        return batch

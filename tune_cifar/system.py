@@ -1,0 +1,258 @@
+"""ClassificationSystem: the LightningModule (loss, metrics, optimizers, LR schedules).
+
+A checkpoint holds everything needed to rebuild the model: the model spec, the task,
+the optimizer settings and the input spec (classes, channels, size, normalisation), all
+as plain Python types so that ``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
+from .errors import UserError, allowed
+from .models import ModelSpec, build_model
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: uint8 images of this shape, normalised with mean/std."""
+
+    classes: tuple[str, ...]
+    in_chans: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(classes=tuple(d["classes"]), in_chans=int(d["in_chans"]),
+                   image_size=tuple(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   dataset=d.get("dataset", ""))
+
+
+# --------------------------------------------------------------------------- metrics allow-list
+
+_TASK_KIND = {
+    "classification_binary": "binary",
+    "classification_multiclass": "multiclass",
+    "classification_multilabel": "multilabel",
+}
+
+METRICS = {
+    "accuracy": torchmetrics.Accuracy,
+    "top_k_accuracy": torchmetrics.Accuracy,
+    "f1": torchmetrics.F1Score,
+    "precision": torchmetrics.Precision,
+    "recall": torchmetrics.Recall,
+    "auroc": torchmetrics.AUROC,
+}
+
+
+def build_metric(name: str, kwargs: dict, task: TaskConfig, num_classes: int) -> torchmetrics.Metric:
+    """Look a metric up in the allow-list and build it for the task (never eval)."""
+    if name not in METRICS:
+        raise UserError(f"config: optimizer.metrics.{name} is not a known metric; allowed: {allowed(METRICS)}")
+    kwargs = dict(kwargs or {})
+    if "callable" in kwargs:
+        raise UserError(
+            f"config: optimizer.metrics.{name}.callable is not supported (no code from config strings); "
+            f"use one of: {allowed(METRICS)}"
+        )
+    kind = _TASK_KIND[task.task]
+    args: dict = {"task": kind}
+    if kind == "multiclass":
+        args["num_classes"] = num_classes
+    elif kind == "multilabel":
+        args["num_labels"] = num_classes
+    if kind != "multiclass" and name != "auroc":
+        args["threshold"] = task.threshold
+    if name == "top_k_accuracy":
+        if kind != "multiclass":
+            raise UserError(f"config: optimizer.metrics.top_k_accuracy needs task.task=classification_multiclass")
+        args["top_k"] = min(int(kwargs.pop("top_k", 5)), num_classes)
+    try:
+        return METRICS[name](**args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"config: optimizer.metrics.{name}: {err}") from None
+
+
+# --------------------------------------------------------------------------- LR schedule
+
+
+def lr_factor(step: int, total: int, warmup: int, sched: SchedulerConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base LR at ``step`` (linear warm-up, then cosine / step / constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if sched.name == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if sched.name == "step":
+        return sched.gamma ** (step // max(1, sched.step_size * steps_per_epoch))
+    return 1.0
+
+
+# --------------------------------------------------------------------------- the system
+
+
+class ClassificationSystem(pl.LightningModule):
+    """Classifier over a registry model; takes uint8 batches and normalises them itself."""
+
+    def __init__(self, model_spec: ModelSpec, task: TaskConfig, optimizer: OptimizerConfig,
+                 input_spec: InputSpec, channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters({
+            "model_spec": model_spec.to_dict(),
+            "task": dataclasses.asdict(task),
+            "optimizer": dataclasses.asdict(optimizer),
+            "input_spec": input_spec.to_dict(),
+            "channels_last": channels_last,
+        })
+        self.model_spec, self.task, self.optim_cfg, self.input_spec = model_spec, task, optimizer, input_spec
+        self.kind = _TASK_KIND[task.task]
+        self.channels_last = channels_last
+        self.model = build_model(model_spec)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        c = input_spec.in_chans
+        self.register_buffer("mean", torch.tensor(input_spec.mean, dtype=torch.float32).view(1, c, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(input_spec.std, dtype=torch.float32).view(1, c, 1, 1) * 255)
+        n = len(input_spec.classes)
+        self.val_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in optimizer.metrics.items()})
+        self.test_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in optimizer.metrics.items()})
+
+    # -- forward ------------------------------------------------------------
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0..255 float) images -> normalised float tensor."""
+        x = (x.float() - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(x))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities: softmax (multiclass), sigmoid (binary: P(class 1), multilabel)."""
+        if self.kind == "multiclass":
+            return logits.float().softmax(dim=1)
+        probs = logits.float().sigmoid()
+        return probs.squeeze(1) if self.kind == "binary" else probs
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "multiclass":
+            return F.cross_entropy(logits, y, label_smoothing=self.task.label_smoothing)
+        if self.kind == "binary":
+            logits = logits.squeeze(1)
+        return F.binary_cross_entropy_with_logits(logits, y.float())
+
+    # -- steps --------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("loss/train", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str, metrics: nn.ModuleDict):
+        x, y = batch
+        logits = self(x)
+        self.log(f"loss/{stage}", self.loss(logits, y), on_epoch=True, prog_bar=True)
+        probs = self.probabilities(logits)
+        target = y.long()
+        for name, metric in metrics.items():
+            metric.update(probs, target)
+            self.log(f"{name}/{stage}", metric, on_epoch=True, prog_bar=name == "accuracy")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.probabilities(self(x))
+
+    # -- optimisation -------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                  nesterov=cfg.nesterov and cfg.momentum > 0)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=cfg.lr)
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        if cfg.scheduler.name == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+        else:
+            warmup = int(cfg.scheduler.warmup_epochs * per_epoch)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: lr_factor(step, total, warmup, cfg.scheduler, per_epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def system_from_hparams(hp: dict) -> ClassificationSystem:
+    """Rebuild a ClassificationSystem from the plain dicts saved in its checkpoint."""
+    return ClassificationSystem(
+        model_spec=ModelSpec.from_dict(hp["model_spec"]),
+        task=_build(TaskConfig, hp["task"], "task"),
+        optimizer=_build(OptimizerConfig, hp["optimizer"], "optimizer"),
+        input_spec=InputSpec.from_dict(hp["input_spec"]),
+        channels_last=bool(hp.get("channels_last", False)),
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely (weights_only); clear one-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it needs unpickling arbitrary objects, refused (weights_only=True)"
+        raise UserError(f"checkpoint {path} cannot be read: {reason[:200]}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"checkpoint {path} is not a tune_cifar checkpoint (no state_dict/hyper_parameters)")
+    return ckpt
+
+
+def load_system(path: str | Path) -> ClassificationSystem:
+    """Rebuild the system from a checkpoint alone (no config files, no Ray)."""
+    ckpt = read_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    if "model_spec" not in hp:
+        raise UserError(f"checkpoint {path} has no model_spec: not written by tune_cifar")
+    system = system_from_hparams(hp)
+    try:
+        system.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0][:200]}") from None
+    return system
