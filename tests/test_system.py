@@ -1,0 +1,151 @@
+"""ClassificationSystem: losses per task, metric allow-list, LR schedules, precision, memory format."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tune_cifar.config import OptimizerConfig, SchedulerConfig, TaskConfig
+from tune_cifar.errors import UserError
+from tune_cifar.models import ModelSpec
+from tune_cifar.system import ClassificationSystem, InputSpec, build_metric, lr_factor
+
+
+def _system(task="classification_multiclass", n=4, outputs=None, metrics=None, channels_last=False,
+            optimizer="adamw", lr=0.01):
+    spec = ModelSpec(provider="builtin", name="tiny_cnn", num_classes=outputs or n, in_chans=3)
+    inp = InputSpec(classes=tuple(f"c{i}" for i in range(n)), in_chans=3, image_size=(16, 16),
+                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    opt = OptimizerConfig(optimizer=optimizer, lr=lr, metrics=metrics or {"accuracy": {}})
+    return ClassificationSystem(spec, TaskConfig(task=task), opt, inp, channels_last=channels_last)
+
+
+def _learnable(n_classes=4, n=64, multilabel=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if multilabel:
+        y = (torch.rand(n, n_classes, generator=g) > 0.5).float()
+        x = (y[:, :3, None, None] * 200).expand(n, 3, 16, 16)
+    else:
+        y = torch.randint(0, n_classes, (n,), generator=g)
+        x = (y[:, None, None, None].float() * (255 / n_classes)).expand(n, 3, 16, 16)
+    x = (x + torch.randint(0, 20, (n, 3, 16, 16), generator=g)).clamp(0, 255).to(torch.uint8)
+    return x, y
+
+
+def _train_steps(system, x, y, steps=30, precision_ctx=None):
+    opt = torch.optim.AdamW(system.parameters(), lr=0.02)
+    losses = []
+    for _ in range(steps):
+        ctx = precision_ctx() if precision_ctx else torch.autocast("cpu", enabled=False)
+        with ctx:
+            loss = system.loss(system(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("task, n, outputs, multilabel", [
+    ("classification_multiclass", 4, 4, False),
+    ("classification_binary", 2, 1, False),
+    ("classification_multilabel", 3, 3, True),
+])
+def test_each_task_loss_falls_and_probabilities_have_the_task_shape(task, n, outputs, multilabel):
+    torch.manual_seed(0)
+    system = _system(task, n=n, outputs=outputs)
+    x, y = _learnable(n, multilabel=multilabel)
+    losses = _train_steps(system, x, y)
+    assert losses[-1] < 0.7 * losses[0]
+    probs = system.probabilities(system(x[:5]))
+    expected = {"classification_multiclass": (5, n), "classification_binary": (5,),
+                "classification_multilabel": (5, n)}[task]
+    assert probs.shape == expected and bool(((probs >= 0) & (probs <= 1)).all())
+    if task == "classification_multiclass":
+        assert torch.allclose(probs.sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_trains():
+    torch.manual_seed(0)
+    system = _system()
+    x, y = _learnable()
+    losses = _train_steps(system, x, y, precision_ctx=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_bf16_mixed_trainer_on_cpu(tiny_cfg):
+    from tune_cifar import train
+
+    result = train.run(tiny_cfg("trainer.precision=bf16-mixed", "trainer.max_epochs=2"))
+    assert math.isfinite(result["test"]["loss/test"])
+
+
+def test_channels_last_matches_contiguous_logits():
+    torch.manual_seed(0)
+    a = _system().eval()
+    b = _system(channels_last=True).eval()
+    b.load_state_dict(a.state_dict())
+    x, _ = _learnable(n=8)
+    assert torch.allclose(a(x), b(x), atol=1e-5)
+    assert b.preprocess(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_preprocess_normalises_uint8_with_input_spec():
+    system = _system()
+    x = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)
+    expected = (128 / 255 - 0.5) / 0.25
+    assert torch.allclose(system.preprocess(x), torch.full((1, 3, 2, 2), expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["accuracy", "top_k_accuracy", "f1", "precision", "recall", "auroc"])
+def test_allowed_metrics_build_and_compute(name):
+    task = TaskConfig()
+    metric = build_metric(name, {}, task, 4)
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    metric.update(probs, torch.tensor([0, 1, 2, 3]))
+    assert metric.compute().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name, kwargs, task, needle", [
+    ("dice", {}, "classification_multiclass", "allowed"),
+    ("accuracy", {"callable": "torchmetrics.functional.accuracy"}, "classification_multiclass", "callable"),
+    ("top_k_accuracy", {}, "classification_binary", "classification_multiclass"),
+    ("f1", {"average": "sideways"}, "classification_multiclass", "f1"),
+])
+def test_bad_metrics_are_user_errors(name, kwargs, task, needle):
+    with pytest.raises(UserError, match=needle):
+        build_metric(name, kwargs, TaskConfig(task=task), 2)
+
+
+def test_lr_schedules():
+    cos = SchedulerConfig(name="cosine")
+    assert lr_factor(0, 100, 0, cos, 10) == pytest.approx(1.0)
+    assert lr_factor(50, 100, 0, cos, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 0, cos, 10) == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor(4, 100, 10, cos, 10) == pytest.approx(0.5)  # linear warm-up
+    step = SchedulerConfig(name="step", step_size=2, gamma=0.1)
+    assert lr_factor(19, 100, 0, step, 10) == pytest.approx(1.0)
+    assert lr_factor(20, 100, 0, step, 10) == pytest.approx(0.1)
+    assert lr_factor(77, 100, 0, SchedulerConfig(name="none"), 10) == 1.0
+
+
+@pytest.mark.parametrize("optimizer, sched, cls", [
+    ("sgd", "onecycle", torch.optim.SGD), ("adam", "step", torch.optim.Adam), ("adamw", "none", torch.optim.AdamW),
+])
+def test_configure_optimizers(optimizer, sched, cls):
+    system = _system(optimizer=optimizer)
+    system.optim_cfg.scheduler.name = sched
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+        max_epochs = 10
+
+    system.trainer = FakeTrainer()  # type: ignore[assignment]
+    out = system.configure_optimizers()
+    assert isinstance(out["optimizer"], cls)
+    groups = out["optimizer"].param_groups
+    assert groups[1]["weight_decay"] == 0.0  # no decay on biases and norms
+    assert all(p.ndim <= 1 for p in groups[1]["params"]) and all(p.ndim > 1 for p in groups[0]["params"])
