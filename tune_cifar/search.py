@@ -96,6 +96,8 @@ def start_ray(address: str | None):
     """Join ``address``, or start a quiet local Ray (no dashboard); returns True if we started it."""
     import ray
 
+    # Checkpointing every epoch with num_to_keep makes Tune warn about frequent state snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return False
     if address:
@@ -153,7 +155,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
                                                         checkpoint_score_attribute=s.metric,
                                                         checkpoint_score_order=s.mode),
-                failure_config=tune.FailureConfig(max_failures=s.max_failures)),
+                failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),
         )
         (run_dir).mkdir(parents=True, exist_ok=True)
         (run_dir / "search.yaml").write_text(yaml.safe_dump(

@@ -6,6 +6,7 @@ The driver passes the parsed space and the decoded dataset with ``tune.with_para
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ def checkpoint_file(directory: str | Path) -> Path:
 
 def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     """Ray's entry point for one trial; ``config`` is what the Optuna searcher suggested."""
+    for name in ("pytorch_lightning", "lightning_fabric"):  # Ray's table replaces Lightning's chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = space.trial_config(space.values(config))
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     report = TuneReportCheckpointCallback(metrics=reported_metrics(cfg), filename=CHECKPOINT_FILE,
