@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
     p.add_argument("--num-samples", type=int, help="same as search.num_samples=N")
     p.add_argument("--output-dir", help="same as search.storage_path=DIR (default: run.output_dir)")
-    return p.parse_args(list(argv))
+    return p.parse_intermixed_args(list(argv))  # overrides may follow options
 
 
 def _stamp(parent: Path, prefix: str = "") -> str:
@@ -125,14 +125,16 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     exp_dir = root / s.experiment
     run_name = _stamp(exp_dir)
     run_dir = exp_dir / run_name
+    if not address:
+        space.check_gpus(torch.cuda.device_count())
     space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
     cfg = config_from_dict(space.base)
     arrays = load_data(cfg.data, cfg.task.task)  # read and decoded once, shared via the object store
 
     started = start_ray(address)
     try:
-        gpus = ray.cluster_resources().get("GPU", 0) if address else torch.cuda.device_count()
-        space.check_gpus(gpus, "the Ray cluster" if address else "this machine")
+        if address:
+            space.check_gpus(ray.cluster_resources().get("GPU", 0), "the Ray cluster")
         points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
         searcher = OptunaSearch(space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
                                 points_to_evaluate=points or None)

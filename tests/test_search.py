@@ -1,0 +1,146 @@
+"""The search end to end on tiny CIFAR-format data: Ray + Optuna + ASHA, results.csv, export; debug mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tune_cifar.config import config_from_dict
+from tune_cifar.data import ImageDataModule, load_data
+from tune_cifar.export import find_best, read_export
+
+STRONG = {"optimizer.optimizer": "adamw", "optimizer.lr": 0.01}
+WEAK = {"optimizer.optimizer": "sgd", "optimizer.lr": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from cifar_files import write_cifar10
+
+    root = tmp_path_factory.mktemp("cifar10_search")
+    write_cifar10(root, n_train=600, n_test=100, seed=0)  # enough for good and bad trials to differ at epoch 1
+    return root
+
+
+def space_file(tmp_path: Path, data_root: Path, search: dict, points=None) -> Path:
+    doc = {
+        "base": ["data=cifar10", f"data.dataset_path={data_root}", "data.download=false",
+                 "data.val_fraction=0.25", "data.train_batch_size=32", "data.inference_batch_size=128",
+                 "model=small_cnn", "model.model_name=tiny_cnn", "trainer.log_every_n_steps=1"],
+        "params": {
+            "optimizer.optimizer": {"choice": ["sgd", "adamw"]},
+            "optimizer.lr": {"loguniform": [1e-5, 0.05]},
+            "optimizer.momentum": {"uniform": [0.8, 0.95], "when": {"optimizer.optimizer": "sgd"}},
+        },
+        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), **search},
+    }
+    if points:
+        doc["search"]["searcher"] = {"name": "tpe", "seed": 0, "points_to_evaluate": points}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root):
+    import ray
+
+    from tune_cifar.search import run_search
+    from tune_cifar.space import load_space
+
+    path = space_file(tmp_path, data_root, {
+        "num_samples": 4, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2},
+    }, points=[STRONG, {**STRONG, "optimizer.lr": 0.005}, WEAK, {**WEAK, "optimizer.optimizer": "adamw"}])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        out = run_search(load_space(path))
+    finally:
+        ray.shutdown()
+
+    import pandas as pd
+
+    table = pd.read_csv(out["results"])
+    assert len(table) == 4 and set(table.columns) >= {
+        "trial_id", "status", "accuracy/val", "best_epoch", "epochs", "time_s", "optimizer.lr", "optimizer.optimizer"}
+    assert (table["epochs"] < 3).any() and (table["status"] == "stopped early").any()  # ASHA stopped one early
+    assert (table["epochs"] == 3).any() and not (table["status"] == "error").any()
+    assert out["trial_epochs"] == table["epochs"].sum() < 12
+    assert table["accuracy/val"].iloc[0] == table["accuracy/val"].max()  # sorted, best first
+
+    # The export: best trial at its best epoch, loadable without Ray, linked from outputs/best.
+    export_dir = tmp_path / "outputs" / "tiny" / "best"
+    assert find_best(tmp_path / "outputs") == export_dir.resolve()
+    assert os.readlink(tmp_path / "outputs" / "best") == "tiny/best"  # relative link
+    exp = read_export(export_dir)
+    best = table.iloc[0]
+    assert exp.metrics["trial_id"] == best["trial_id"] and exp.metrics["epoch"] == best["best_epoch"]
+    assert exp.metrics["accuracy/val"] == pytest.approx(best["accuracy/val"])
+    assert exp.hyperparameters["optimizer.optimizer"] == best["optimizer.optimizer"]
+    assert exp.manifest["classes"][0] == "airplane" and "versions.json" in os.listdir(export_dir)
+    assert exp.config["optimizer"]["lr"] == pytest.approx(best["optimizer.lr"])
+
+    # Its model gives the test accuracy that metrics.json records (computed independently here).
+    cfg = config_from_dict(exp.config)
+    arrays = load_data(cfg.data, cfg.task.task)
+    dm = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
+    dm.setup("test")
+    exp.system.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in dm.test_dataloader():
+            correct += int((exp.system(x).argmax(1) == y).sum())
+            total += len(y)
+    assert total == 100
+    assert correct / total == pytest.approx(exp.metrics["accuracy/test"], abs=1e-6)
+
+    # Everything still works after the outputs folder is moved (relative paths only).
+    moved = tmp_path / "moved"
+    (tmp_path / "outputs").rename(moved)
+    assert read_export(find_best(moved)).metrics == exp.metrics
+
+
+DEBUG_SCRIPT = """
+import sys
+from tune_cifar.search import main
+out = main(sys.argv[1:])
+assert not [m for m in sys.modules if m == "ray" or m.startswith("ray.")], "debug mode imported Ray"
+print("VALUES", out["values"])
+print("VAL", out["val"])
+"""
+
+
+def test_debug_runs_one_trial_without_ray(tmp_path, data_root):
+    path = space_file(tmp_path, data_root, {"scheduler": {"max_epochs": 1}})
+    params = json.dumps({"optimizer.optimizer": "sgd", "optimizer.lr": 0.01})
+    proc = subprocess.run([sys.executable, "-c", DEBUG_SCRIPT, str(path), "--debug", "--params", params,
+                           "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'optimizer.lr': 0.01" in proc.stdout and "'optimizer.momentum'" in proc.stdout  # given + sampled
+    assert "'accuracy/val'" in proc.stdout
+
+
+def test_debug_bad_params_and_gpu_exit_2(tmp_path, data_root, capsys):
+    from tune_cifar.search import main
+
+    path = space_file(tmp_path, data_root, {})
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--debug", "--params", '{"optimizer.lr": 7}'])
+    assert exit_.value.code == 2
+    assert "--params: optimizer.lr=7 is outside its distribution" in capsys.readouterr().err
+    if torch.cuda.is_available():
+        return
+    gpu = space_file(tmp_path, data_root, {"resources": {"gpu": 0.5}})
+    for argv in ([str(gpu), "--debug"], [str(gpu)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("search.resources.gpu=0.5 but this machine has no GPU; allowed: 0 (CPU trials)")
