@@ -21,12 +21,15 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
 
 from .errors import UserError
-from .system import ClassificationSystem, load_system, read_checkpoint
+
+if TYPE_CHECKING:  # .system imports Lightning; imported where needed so that find_best stays light
+    from .system import ClassificationSystem
 
 FORMAT = 1
 MODEL_FILE = "model.pt"
@@ -62,6 +65,8 @@ def write_export(dest: Path, checkpoint: Path, config: dict, metrics: dict | Non
                  hyperparameters: dict | None = None, experiment: str = "",
                  link_root: Path | None = None) -> Path:
     """Write an export folder from a Lightning checkpoint; point ``link_root/best`` at it."""
+    from .system import read_checkpoint
+
     ckpt = read_checkpoint(checkpoint)
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -123,6 +128,8 @@ def _read_json(path: Path) -> dict:
 
 def read_export(path: str | Path) -> Export:
     """Load an export folder (never imports Ray)."""
+    from .system import load_system
+
     path = Path(path)
     manifest = _read_json(path / MANIFEST)
     if not manifest:

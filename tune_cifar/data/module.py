@@ -65,6 +65,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.cfg, self.arrays, self.seed = cfg, arrays, seed
         self.augment = Augment(cfg.augment.crop_padding, cfg.augment.flip, cfg.augment.cutout)
         self._splits: dict[str, _Batches] = {}
+        self.split_indices: dict[str, np.ndarray] = {}
 
     # -- splits ---------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -92,6 +93,8 @@ class ImageDataModule(pl.LightningDataModule):
             idx_t = torch.as_tensor(idx)
             return _Batches(x[idx_t].to(device), y[idx_t].to(device))
 
+        # Row numbers of each split in the source arrays (predict names test samples by them).
+        self.split_indices = {"train": train_idx, "val": val_idx, "test": test_idx}
         self._splits = {"train": take(x_train, y_train, train_idx), "test": take(x_test, y_test, test_idx)}
         if len(val_idx):
             self._splits["val"] = take(x_train, y_train, val_idx)
