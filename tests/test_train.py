@@ -139,3 +139,13 @@ def test_small_cnn_learns_real_fashion_mnist(tmp_path):
     ])
     result = train.run(cfg)
     assert result["test"]["accuracy/test"] >= 0.80
+
+
+def test_binary_task_from_label_groups(tiny_cfg):
+    cfg = tiny_cfg("task=classification_binary", "data.num_classes=2", "trainer.max_epochs=2",
+                   "data.label_groups={vehicle: [airplane, automobile, ship, truck], "
+                   "animal: [bird, cat, deer, dog, frog, horse]}")
+    result = train.run(cfg)
+    system = load_system(Path(result["output_dir"]) / result["best_checkpoint"])
+    assert system.input_spec.classes == ("vehicle", "animal") and system.kind == "binary"
+    assert 0.0 <= result["test"]["accuracy/test"] <= 1.0
