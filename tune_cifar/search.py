@@ -223,8 +223,9 @@ def finish(space: SearchSpace, grid, run_dir: Path, arrays) -> dict:
     """results.csv, printed summary, export of the best trial at its best epoch (+ test metrics)."""
     from .export import write_export
     from .trainable import checkpoint_file
-    from .trial import evaluate
+    from .trial import evaluate, quiet
 
+    quiet()
     s = space.search
     table = results_table(space, grid)
     table.to_csv(run_dir / "results.csv", index=False)

@@ -6,7 +6,6 @@ The driver passes the parsed space and the decoded dataset with ``tune.with_para
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 from .config import Config
 from .data import ImageArrays
 from .space import SearchSpace
-from .trial import run_trial
+from .trial import quiet, run_trial
 
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 
@@ -32,8 +31,7 @@ def checkpoint_file(directory: str | Path) -> Path:
 
 def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     """Ray's entry point for one trial; ``config`` is what the Optuna searcher suggested."""
-    for name in ("pytorch_lightning", "lightning_fabric"):  # Ray's table replaces Lightning's chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet("ray.train", "ray.tune")
     cfg = space.trial_config(space.values(config))
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     report = TuneReportCheckpointCallback(metrics=reported_metrics(cfg), filename=CHECKPOINT_FILE,

@@ -6,6 +6,7 @@ Builds the datamodule, system and trainer with ``tune_cifar.train``'s own functi
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,12 @@ from .config import Config
 from .data import ImageArrays, ImageDataModule
 from .system import load_system
 from .train import build_system, build_trainer
+
+
+def quiet(*names: str) -> None:
+    """Lower these loggers (and Lightning's) to warnings: Ray's table is the progress display."""
+    for name in ("pytorch_lightning", "lightning_fabric", *names):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_trial(cfg: Config, arrays: ImageArrays, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),
