@@ -149,3 +149,24 @@ def test_configure_optimizers(optimizer, sched, cls):
     groups = out["optimizer"].param_groups
     assert groups[1]["weight_decay"] == 0.0  # no decay on biases and norms
     assert all(p.ndim <= 1 for p in groups[1]["params"]) and all(p.ndim > 1 for p in groups[0]["params"])
+
+
+def test_compiled_model_keeps_checkpoint_keys_and_logits(monkeypatch):
+    torch.manual_seed(0)
+    system = _system().eval()
+    keys = set(system.state_dict())
+    x, _ = _learnable(n=4)
+    eager = system(x)
+    # compile with the cheap eager backend: same graph capture, no C++ toolchain needed
+    monkeypatch.setattr(torch, "compile", lambda m: torch._dynamo.optimize("eager")(m))
+    assert system.compile_model()
+    assert set(system.state_dict()) == keys
+    assert torch.allclose(system(x), eager, atol=1e-5)
+
+
+def test_compile_falls_back_when_unsupported(monkeypatch):
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    system = _system()
+    assert system.compile_model() is False and "_compiled" not in system.__dict__

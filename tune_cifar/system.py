@@ -8,6 +8,7 @@ as plain Python types so that ``torch.load(weights_only=True)`` reads it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import nn
 from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
 from .errors import UserError, allowed
 from .models import ModelSpec, build_model
+
+log = logging.getLogger("tune_cifar")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,22 @@ class ClassificationSystem(pl.LightningModule):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocess(x))
+        net = self.__dict__.get("_compiled") or self.model
+        return net(self.preprocess(x))
+
+    def compile_model(self) -> bool:
+        """``torch.compile`` the network (checkpoint keys unchanged); logs and returns False if unsupported."""
+        try:
+            import torch._dynamo
+
+            supported = torch._dynamo.is_dynamo_supported()
+        except Exception:  # noqa: BLE001 - any import/probe failure means no compile
+            supported = False
+        if not supported:
+            log.warning("trainer.compile=true: torch.compile is not supported here; running eagerly")
+            return False
+        object.__setattr__(self, "_compiled", torch.compile(self.model))  # not a registered submodule
+        return True
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities: softmax (multiclass), sigmoid (binary: P(class 1), multilabel)."""

@@ -76,8 +76,11 @@ def build_system(cfg: Config, arrays: ImageArrays) -> ClassificationSystem:
         raise UserError(
             f"config: model.modifiers.change_first_convolutional_layer.num_input_channels="
             f"{spec.first_conv_channels} but {cfg.data.name} images have {arrays.in_chans} channels")
-    return ClassificationSystem(spec, cfg.task, cfg.optimizer, input_spec(arrays, cfg.data.name),
-                                channels_last=cfg.trainer.channels_last)
+    system = ClassificationSystem(spec, cfg.task, cfg.optimizer, input_spec(arrays, cfg.data.name),
+                                  channels_last=cfg.trainer.channels_last)
+    if cfg.trainer.compile:
+        system.compile_model()
+    return system
 
 
 def resolve_precision(t: TrainerConfig) -> str:

@@ -36,8 +36,10 @@ def load_data(cfg: DataConfig, task: str) -> ImageArrays:
     return arrays
 
 
-def _as_tensor(a: np.ndarray) -> torch.Tensor:
+def _as_tensor(a) -> torch.Tensor:
     """Zero-copy view (arrays from Ray's object store are read-only; we never write to them)."""
+    if isinstance(a, torch.Tensor):
+        return a
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
@@ -60,9 +62,10 @@ class _Batches(torch.utils.data.Dataset):
 class ImageDataModule(pl.LightningDataModule):
     """Train/val/test splits of an ImageArrays; seeded split, optional subsets."""
 
-    def __init__(self, cfg: DataConfig, arrays: ImageArrays, seed: int = 0):
+    def __init__(self, cfg: DataConfig, arrays: ImageArrays, seed: int = 0, device: torch.device | None = None):
         super().__init__()
         self.cfg, self.arrays, self.seed = cfg, arrays, seed
+        self.device = device  # where to keep the data; default: decided by data.on_device and the trainer
         self.augment = Augment(cfg.augment.crop_padding, cfg.augment.flip, cfg.augment.cutout)
         self._splits: dict[str, _Batches] = {}
         self.split_indices: dict[str, np.ndarray] = {}
@@ -90,7 +93,7 @@ class ImageDataModule(pl.LightningDataModule):
         x_test, y_test = _as_tensor(a.test_x), _as_tensor(a.test_y)
 
         def take(x, y, idx):
-            idx_t = torch.as_tensor(idx)
+            idx_t = torch.as_tensor(idx, device=x.device)
             return _Batches(x[idx_t].to(device), y[idx_t].to(device))
 
         # Row numbers of each split in the source arrays (predict names test samples by them).
@@ -101,6 +104,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _data_device(self) -> torch.device:
         """Keep data on the accelerator when asked (auto: on GPUs, with no loader workers)."""
+        if self.device is not None:
+            return torch.device(self.device)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         wanted = self.cfg.on_device
         if wanted == "true" or (wanted == "auto" and device.type == "cuda" and self.cfg.num_workers == 0):
