@@ -58,7 +58,7 @@ class DataConfig:
     image_size: Optional[int] = None
     labels_csv: Optional[str] = None
     label_groups: Optional[dict] = None  # {"vehicle": ["airplane", ...], "animal": [...]}
-    on_device: str = "auto"  # keep the uint8 dataset on the training device: auto (GPU only), true, false
+    on_device: Optional[bool] = None  # keep the uint8 data on the training device; None: on GPUs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -222,7 +222,6 @@ def validate(cfg: Config) -> Config:
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
     check_choice("task.monitor_mode", cfg.task.monitor_mode, ("max", "min"))
     check_choice("data.cifar100_labels", cfg.data.cifar100_labels, ("fine", "coarse"))
-    check_choice("data.on_device", cfg.data.on_device, ("auto", "true", "false"))
     for key in ("data.num_classes", "data.train_batch_size", "data.inference_batch_size",
                 "trainer.devices", "trainer.max_epochs", "trainer.check_val_every_n_epoch",
                 "trainer.log_every_n_steps", "optimizer.lr", "data.train_subset", "data.val_subset",

@@ -108,7 +108,7 @@ class ImageDataModule(pl.LightningDataModule):
             return torch.device(self.device)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         wanted = self.cfg.on_device
-        if wanted == "true" or (wanted == "auto" and device.type == "cuda" and self.cfg.num_workers == 0):
+        if wanted or (wanted is None and device.type == "cuda" and self.cfg.num_workers == 0):
             if self.cfg.num_workers:
                 raise UserError("config: data.on_device=true needs data.num_workers=0")
             return device
