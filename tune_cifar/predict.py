@@ -16,8 +16,8 @@ What is done:
   --images PATH ...   classify image files and folders of PNG/JPEG (converted and resized to the
                       model's input): predictions.csv; unreadable files are reported and skipped
   --to onnx|torchscript
-                      write the model (uint8 NCHW images in, logits out) plus model_io.json,
-                      after checking its outputs against PyTorch's
+                      write the model (uint8 NCHW images in, logits out) and model.<format>.json
+                      (input, output, classes, threshold), after checking its outputs against PyTorch's
 
 The config is the export's config.yaml (a checkpoint: its run's config.yaml), changed by
 ``--data-path``, ``--batch-size`` and trailing ``key=value`` overrides (e.g. ``data.test_subset=null``).
@@ -35,6 +35,7 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -60,7 +61,7 @@ KINDS = {
     "classification_multilabel": "multilabel",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # each with a model.<format>.json
 PRINT_ROWS = 20  # at most this many image predictions / confusion-matrix classes are printed
 
 
@@ -94,21 +95,30 @@ def read_weights(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"model file {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" for damaged files
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(err).strip()
-        if "weights only" in text.lower() or "weights_only" in text or "Unsupported global" in text:
-            reason = "it needs unpickling arbitrary Python objects, refused (only weights_only=True files load)"
-        else:
-            first = text.splitlines()[0] if text else type(err).__name__
-            reason = f"truncated or corrupt ({first[:160]})"
-        raise UserError(f"{path} cannot be read: {reason}") from None
+        raise UserError(f"{path} cannot be read: {_load_failure(err)}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not isinstance(ckpt.get("state_dict"), dict) \
             or not {"model_spec", "task", "input_spec"} <= set(hp):
         raise UserError(f"{path} is not a tune_cifar model (expected state_dict and hyper_parameters with "
                         f"model_spec, task, input_spec)")
     return ckpt
+
+
+def _load_failure(err: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in one line: refused objects or a damaged file."""
+    text = str(err).strip()
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it needs unpickling arbitrary Python objects ({refused.group(1)}), refused: "
+                f"only files that torch.load(weights_only=True) reads are loaded")
+    unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = unpickler.group(1) if unpickler else (lines[0] if lines else "")
+    return f"truncated or corrupt ({type(err).__name__}{': ' + detail[:160] if detail else ''})"
 
 
 def _preview(names: Sequence[str], n: int = 4) -> str:
@@ -642,7 +652,8 @@ def classify_images(loaded: Loaded, cfg: Config, args: argparse.Namespace, devic
     for name, why in problems:
         warn(f"skipped {name}: {why}")
     batch_size = cfg.data.inference_batch_size
-    rows: list[tuple[str, torch.Tensor | None, str]] = []  # (file, probabilities [K] | None, error)
+    # (file, probabilities [K] or None, error), in the order given; problems first
+    rows: list[tuple[str, torch.Tensor | None, str]] = [(name, None, why) for name, why in problems]
     pending: list[Path] = []  # the files of the batch being classified
 
     def batches():
@@ -668,7 +679,7 @@ def classify_images(loaded: Loaded, cfg: Config, args: argparse.Namespace, devic
         raise UserError(f"no readable images among {len(files)} file(s) in {' '.join(args.images)} "
                         f"(PNG/JPEG; folders are searched for {'/'.join(IMAGE_SUFFIXES)})")
     order = {str(f): i for i, f in enumerate(files)}
-    rows.sort(key=lambda r: order.get(r[0], len(order)))
+    rows.sort(key=lambda r: order.get(r[0], -1))
     out_dir = make_out_dir(args, loaded)
     classes, kind = loaded.classes, loaded.kind
     k = min(args.top_k, len(classes))
@@ -686,7 +697,7 @@ def classify_images(loaded: Loaded, cfg: Config, args: argparse.Namespace, devic
             if printed < PRINT_ROWS:
                 print(f"{name}: {pred or '(no label above threshold)'} ({cells[0]} {float(cells[1]):.3f})")
                 printed += 1
-    skipped = len(rows) - len(classified) + len(problems)
+    skipped = len(rows) - len(classified)
     if len(classified) > printed:
         print(f"... {len(classified) - printed} more")
     print(f"classified {len(classified)} image(s)" + (f", skipped {skipped}" if skipped else "")
@@ -740,10 +751,11 @@ def convert(loaded: Loaded, cfg: Config, args: argparse.Namespace) -> dict:
         "threshold": None if loaded.kind == "multiclass" else effective_threshold(args, cfg, loaded.kind),
         "source": str(loaded.source), "model": loaded.model_name,
     }
-    (out_dir / "model_io.json").write_text(json.dumps(io, indent=2))
+    described = out_dir / f"model.{fmt}.json"
+    described.write_text(json.dumps(io, indent=2))
     check_text = (f"outputs match PyTorch (max |difference| {info['max_abs_diff']:.2g})" if verified
                   else "not checked: onnxruntime is not installed (pip install onnxruntime)")
-    print(f"wrote {file} ({fmt}: uint8 NCHW images in, logits out; {check_text}) and {out_dir / 'model_io.json'}")
+    print(f"wrote {file} ({fmt}: uint8 NCHW images in, logits out; {check_text}) and {described}")
     info["out_dir"] = str(out_dir)
     return info
 
