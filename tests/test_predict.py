@@ -375,3 +375,34 @@ def test_cli_bad_input_prints_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "no exported model" in proc.stderr and "tune_cifar.search" in proc.stderr
+
+
+@pytest.mark.slow
+def test_moved_export_of_a_real_search(cifar10_root, tmp_path):
+    """A tiny Ray search exports its best trial; moved elsewhere, predict reproduces its test accuracy."""
+    import ray
+
+    from tune_cifar.search import run_search
+    from tune_cifar.space import load_space
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(yaml.safe_dump({
+        "base": ["data=cifar10", f"data.dataset_path={cifar10_root}", "data.download=false",
+                 "data.val_fraction=0.25", "data.train_batch_size=32", "data.test_subset=50",
+                 "model=small_cnn", "model.model_name=tiny_cnn"],
+        "params": {"optimizer.lr": {"loguniform": [1e-3, 0.05]}, "optimizer.optimizer": "adamw"},
+        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), "num_samples": 2,
+                   "max_concurrent_trials": 2, "resources": {"cpu": 1},
+                   "scheduler": {"name": "fifo", "max_epochs": 2}},
+    }, sort_keys=False))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        out = run_search(load_space(space))
+    finally:
+        ray.shutdown()
+    moved = tmp_path / "shipped" / "model"
+    shutil.move(out["export"], moved)
+    shutil.rmtree(tmp_path / "outputs")  # nothing of the search is left but the moved export
+    r = predict.main(["--export", str(moved)])
+    assert r["data"]["samples"] == 50
+    assert r["accuracy"] == pytest.approx(out["metrics"]["accuracy/test"], abs=1e-6)
