@@ -203,7 +203,9 @@ def results_table(space: SearchSpace, grid):
                for k, v in space.values(result.config or {}).items()},
             "error": str(result.error).strip().splitlines()[-1][:200] if result.error else "",
         })
-    table = pd.DataFrame(rows)
+    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s",
+               *(p.key for p in space.params), "error"]
+    table = pd.DataFrame(rows, columns=columns)
     if len(table):
         table = table.sort_values(s.metric, ascending=s.mode == "min", na_position="last")
     return table
