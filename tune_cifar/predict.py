@@ -48,8 +48,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
-# Light imports only: the data package, torchmetrics and Lightning are imported when a dataset
-# is evaluated, never for --images / --to, so that start-up stays short.
+# Light imports only, so that start-up to the first batch is little more than torch's import:
+# torchmetrics and Lightning (through tune_cifar.system) are imported after inference, to compute
+# the metrics of a dataset evaluation, and never for --images / --to.
 from .config import Config, TaskConfig, _build, config_from_dict, set_dotted  # noqa: E402
 from .errors import UserError, cli_entry  # noqa: E402
 from .export import FORMAT, MANIFEST, MODEL_FILE, find_best  # noqa: E402
@@ -439,10 +440,11 @@ def effective_threshold(args: argparse.Namespace, cfg: Config, kind: str) -> flo
 # --------------------------------------------------------------------------- dataset evaluation
 
 
-def load_test_split(cfg: Config, loaded: Loaded):
-    """The test split exactly as training made it; checked against the model."""
-    from .data import ImageDataModule
+def load_test_split(cfg: Config, loaded: Loaded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test split exactly as training made it (row numbers, uint8 images, labels), checked
+    against the model. Lightning-free: the split comes from ``data.splits`` like the DataModule's."""
     from .data.sources import group_labels, load_source
+    from .data.splits import split_indices
 
     d = cfg.data
     arrays = load_source(d.name, d.dataset_path, download=d.download, cifar100_labels=d.cifar100_labels,
@@ -468,15 +470,10 @@ def load_test_split(cfg: Config, loaded: Loaded):
         hint = f"; set data.image_size={h}" if h == w else ""
         raise UserError(f"{where} has {arrays.image_size[0]}x{arrays.image_size[1]} images but the model "
                         f"was trained on {h}x{w}{hint}")
-    dm = ImageDataModule(d, arrays, seed=cfg.run.seed)
-    dm.setup("test")
-    loader = dm.test_dataloader()
-    ids = getattr(dm, "split_indices", {}).get("test")
-    if ids is None:
-        ids = np.arange(dm.split_size("test"))
+    ids = split_indices(len(arrays.train_x), len(arrays.test_x), d, cfg.run.seed)["test"]
     if len(ids) == 0:
         raise UserError(f"{where} has no test images")
-    return loader, np.asarray(ids)
+    return ids, arrays.test_x, arrays.test_y
 
 
 def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: Config,
@@ -533,17 +530,17 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: 
 
 def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torch.device, clock: Clock) -> dict:
     threshold = effective_threshold(args, cfg, loaded.kind)
-    loader, ids = load_test_split(cfg, loaded)
-    chunks, targets = [], []
+    ids, test_x, test_y = load_test_split(cfg, loaded)
+    size = cfg.data.inference_batch_size
+    pin = device.type == "cuda"
 
     def images():
-        for x, y in loader:
-            targets.append(y)
-            yield x
+        for start in range(0, len(ids), size):
+            x = torch.from_numpy(test_x[ids[start: start + size]])
+            yield x.pin_memory() if pin else x
 
-    for logits in infer(loaded.net, images(), device, cfg.trainer.precision, clock):
-        chunks.append(logits)
-    logits, y = torch.cat(chunks), torch.cat(targets).cpu()
+    logits = torch.cat(list(infer(loaded.net, images(), device, cfg.trainer.precision, clock)))
+    y = torch.from_numpy(test_y[ids])
     out_dir = make_out_dir(args, loaded)
     result = compute_metrics(logits, y, loaded, cfg, threshold)
     d = cfg.data

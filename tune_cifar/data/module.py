@@ -13,6 +13,7 @@ from ..config import DataConfig
 from ..errors import UserError
 from .augment import Augment
 from .sources import ImageArrays, group_labels, load_source
+from .splits import split_indices
 
 
 def load_data(cfg: DataConfig, task: str) -> ImageArrays:
@@ -74,20 +75,10 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return
-        a, cfg = self.arrays, self.cfg
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(a.train_x))
-        n_val = int(round(len(order) * cfg.val_fraction))
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        if cfg.train_subset:
-            train_idx = np.sort(rng.permutation(train_idx)[: cfg.train_subset])
-        if cfg.val_subset:
-            val_idx = np.sort(rng.permutation(val_idx)[: cfg.val_subset])
-        test_idx = np.arange(len(a.test_x))
-        if cfg.test_subset:
-            test_idx = np.sort(rng.permutation(test_idx)[: cfg.test_subset])
-        if len(train_idx) == 0:
-            raise UserError(f"config: no training images left (data.val_fraction={cfg.val_fraction})")
+        a = self.arrays
+        # Row numbers of each split in the source arrays (predict rebuilds the test split the same way).
+        self.split_indices = split_indices(len(a.train_x), len(a.test_x), self.cfg, self.seed)
+        train_idx, val_idx, test_idx = (self.split_indices[k] for k in ("train", "val", "test"))
         device = self._data_device()
         x_train, y_train = _as_tensor(a.train_x), _as_tensor(a.train_y)
         x_test, y_test = _as_tensor(a.test_x), _as_tensor(a.test_y)
@@ -96,8 +87,6 @@ class ImageDataModule(pl.LightningDataModule):
             idx_t = torch.as_tensor(idx, device=x.device)
             return _Batches(x[idx_t].to(device), y[idx_t].to(device))
 
-        # Row numbers of each split in the source arrays (predict names test samples by them).
-        self.split_indices = {"train": train_idx, "val": val_idx, "test": test_idx}
         self._splits = {"train": take(x_train, y_train, train_idx), "test": take(x_test, y_test, test_idx)}
         if len(val_idx):
             self._splits["val"] = take(x_train, y_train, val_idx)
