@@ -374,7 +374,7 @@ def test_cli_bad_input_prints_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert "no exported model" in proc.stderr and "tune_cifar.search" in proc.stderr
+    assert proc.stderr.startswith("tune_cifar.predict: error: no exported model") and "tune_cifar.search" in proc.stderr
 
 
 @pytest.mark.slow

@@ -35,7 +35,11 @@ def cli_entry(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            prog = func.__module__.rsplit(".", 1)[-1]
+            module = func.__module__
+            if module == "__main__":  # run as python -m tune_cifar.<prog>
+                spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+                module = getattr(spec, "name", None) or module
+            prog = module.rsplit(".", 1)[-1]
             print(f"tune_cifar.{prog}: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:

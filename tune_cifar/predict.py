@@ -822,7 +822,8 @@ def _positive_int(text: str) -> int:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tune_cifar.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n")[0],
+        description="Use a trained model without Ray: evaluate it on its test set, classify images "
+                    "or convert it to ONNX / TorchScript.",
         epilog="examples:\n"
                "  python -m tune_cifar.predict --best\n"
                "  python -m tune_cifar.predict --export outputs/fashion_cpu_small/best data.test_subset=null\n"
