@@ -92,7 +92,7 @@ def test_moved_export_reproduces_the_reported_test_accuracy(multiclass, tmp_path
     reported = json.loads((moved / "metrics.json").read_text())["accuracy/test"]
     assert r["accuracy"] == pytest.approx(reported, abs=1e-6)
     assert r["metrics"]["accuracy/test"] == pytest.approx(reported, abs=1e-6)
-    assert r["reported"]["accuracy/test"] == reported
+    assert r["reported"]["accuracy/test"] == reported and r["reported_on_this_split"]
     out = Path(r["out_dir"])
     assert out.parent == moved.parent / "predict"  # default: next to the export
     saved = json.loads((out / "metrics.json").read_text())
@@ -113,6 +113,7 @@ def test_best_pointer_and_overrides(multiclass, tmp_path):
     r = predict.main(["--best", "--output-dir", str(multiclass["root"]), "--out", str(tmp_path / "p"),
                       "--batch-size", "7", "data.test_subset=null", "--top-k", "2"])
     assert r["data"]["samples"] == 60 and r["data"]["test_subset"] is None  # the whole test set
+    assert not r["reported_on_this_split"]  # the run was tested on a subset
     assert r["source"]["path"] == str(multiclass["export"].resolve())
     assert list(_rows(tmp_path / "p" / "predictions.csv")[0])[-2:] == ["top2", "top2_prob"]
 

@@ -396,10 +396,11 @@ def probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def decide(probs: torch.Tensor, kind: str, threshold: float) -> torch.Tensor:
-    """Class index [B] (multiclass: argmax; binary: P(class 1) >= threshold) or multi-hot [B, K]."""
+    """Class index [B] (multiclass: argmax; binary: P(class 1) > threshold) or multi-hot [B, K]
+    (probability > threshold), the rule torchmetrics applies when training reports its metrics."""
     if kind == "multiclass":
         return probs.argmax(dim=1)
-    return (probs >= threshold).long()
+    return (probs > threshold).long()
 
 
 def class_probs(probs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -551,6 +552,7 @@ def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torc
         "task": loaded.kind, "threshold": threshold, "device": str(device),
         **result,
         "reported": loaded.reported,
+        "reported_on_this_split": bool(loaded.reported) and same_split(loaded, cfg),
         "timing": clock.as_dict(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -558,6 +560,18 @@ def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torc
     print_evaluation(summary, out_dir)
     summary["out_dir"] = str(out_dir)
     return summary
+
+
+def same_split(loaded: Loaded, cfg: Config) -> bool:
+    """Whether ``cfg`` selects the same test images as the config the model was trained with."""
+    if loaded.config is None:
+        return False
+    ignore = ("train_batch_size", "inference_batch_size", "num_workers", "on_device", "augment")
+
+    def key(c: Config) -> tuple:
+        return {k: v for k, v in dataclasses.asdict(c.data).items() if k not in ignore}, c.run.seed
+
+    return key(config_from_dict(loaded.config)) == key(cfg)
 
 
 def write_dataset_predictions(path: Path, ids: np.ndarray, logits: torch.Tensor, y: torch.Tensor,
@@ -581,7 +595,10 @@ def print_evaluation(s: dict, out_dir: Path) -> None:
           f"{'' if s['threshold'] is None else ', threshold ' + format(s['threshold'], 'g')})")
     print(f"data: {d['name']} test split, {d['samples']} images, on {s['device']}")
     reported = s["reported"].get("accuracy/test")
-    tail = f" (recorded with the model: {reported:.4f})" if reported is not None else ""
+    tail = ""
+    if reported is not None:
+        tail = (f" (recorded with the model: {reported:.4f})" if s["reported_on_this_split"]
+                else f" (the model's recorded {reported:.4f} was measured on another split)")
     print(f"accuracy: {s['accuracy']:.4f}{tail}")
     if "exact_match" in s:
         print(f"exact match (all labels right): {s['exact_match']:.4f}")
@@ -842,8 +859,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     what.add_argument("--images", nargs="+", metavar="PATH", help="classify these images / folders of PNG/JPEG")
     what.add_argument("--to", choices=sorted(FORMATS), help="write the model in this format instead of predicting")
     p.add_argument("--data-path", metavar="DIR", help="same as data.dataset_path=DIR")
-    p.add_argument("--threshold", type=float, help="decision threshold of binary/multilabel models "
-                                                   "(default: task.threshold)")
+    p.add_argument("--threshold", type=float, help="binary/multilabel models predict a class when its "
+                                                   "probability is above this (default: task.threshold)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="probabilities listed per image (default 5)")
     p.add_argument("--batch-size", type=_positive_int, help="same as data.inference_batch_size=N")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:N")
