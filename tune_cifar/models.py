@@ -1,0 +1,321 @@
+"""Model registry (timm, torchvision, builtin CNNs), model surgery and a serialisable ModelSpec."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from tune_cifar.errors import UserError, allowed, check_choice
+
+PROBE_TIMEOUT_S = 3.0
+
+# ---------------------------------------------------------------- builtin models
+_BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_builtin(name: str):
+    """Decorator: register ``factory(num_classes, in_chans, **kwargs)`` as builtin model ``name``."""
+
+    def deco(factory):
+        if name in _BUILTIN:
+            raise ValueError(f"builtin model {name!r} is already registered")
+        _BUILTIN[name] = factory
+        return factory
+
+    return deco
+
+
+def _conv_block(cin: int, cout: int, pool: bool = True) -> list[nn.Module]:
+    layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return layers + [nn.MaxPool2d(2)] if pool else layers
+
+
+@register_builtin("small_cnn")
+def small_cnn(num_classes: int, in_chans: int = 3, widths=(32, 64, 128), dropout: float = 0.0) -> nn.Module:
+    """Conv-BN-ReLU-MaxPool blocks (32-64-128), global average pool, linear. Inputs >= 8x8."""
+    chans, layers = [in_chans, *widths], []
+    for cin, cout in zip(chans, chans[1:]):
+        layers += _conv_block(cin, cout)
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(chans[-1], num_classes)]
+    return nn.Sequential(*layers, *head)
+
+
+@register_builtin("tiny_cnn")
+def tiny_cnn(num_classes: int, in_chans: int = 3) -> nn.Module:
+    """A few hundred parameters, for fast tests."""
+    layers = _conv_block(in_chans, 4) + _conv_block(4, 8, pool=False)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+# ---------------------------------------------------------------- pretrained weights offline
+@contextlib.contextmanager
+def _cache_only():
+    """Load weights from local caches only: Hugging Face hub offline, no torch.hub downloads."""
+    import huggingface_hub.constants as hf_constants
+
+    def no_download(url, *args, **kwargs):
+        raise OSError(f"not in the local cache: {url}")
+
+    saved_offline, saved_dl = hf_constants.HF_HUB_OFFLINE, torch.hub.download_url_to_file
+    hf_constants.HF_HUB_OFFLINE, torch.hub.download_url_to_file = True, no_download
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE, torch.hub.download_url_to_file = saved_offline, saved_dl
+
+
+def _reachable(host: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True if ``host:443`` accepts a TCP connection within ``timeout`` s (DNS included)."""
+    ok: list[bool] = []
+
+    def probe():
+        with contextlib.suppress(OSError), socket.create_connection((host, 443), timeout=timeout):
+            ok.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+def _with_weights(what: str, host: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build from cached weights; download only if ``host`` answers; UserError otherwise."""
+    try:
+        with _cache_only():
+            return build()
+    except OSError as err:
+        error = err
+    if _reachable(host):
+        try:
+            return build()
+        except OSError as err:
+            error = err
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise UserError(f"pretrained weights for {what} are not cached and could not be downloaded "
+                    f"(offline?): {first_line}")
+
+
+# ---------------------------------------------------------------- providers
+def _unknown_model(name: str, provider: str, names: list[str], hint: str) -> UserError:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5) or names[:3]
+    return UserError(f"model.model_name={name!r} is not a {provider} model; see {hint}, "
+                     f"e.g. {', '.join(close)}, ...")
+
+
+def _call(what: str, factory: Callable[..., nn.Module], kwargs: dict, *args, **fixed) -> nn.Module:
+    try:
+        return factory(*args, **fixed, **kwargs)
+    except TypeError as err:
+        if not kwargs:
+            raise
+        raise UserError(f"model.model_kwargs={kwargs!r} not accepted by {what}: {err}") from err
+
+
+def _create_timm(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
+    import huggingface_hub.constants as hf_constants
+    import timm
+
+    if not (name in timm.list_models() or timm.is_model(name)):
+        raise _unknown_model(name, "timm", timm.list_models(), "timm.list_models()")
+
+    def build():
+        return _call(f"timm/{name}", timm.create_model, kwargs, name, pretrained=pretrained,
+                     num_classes=num_classes, in_chans=in_chans)
+
+    if not pretrained:
+        return build()
+    return _with_weights(f"timm/{name}", urlparse(hf_constants.ENDPOINT).hostname, build)
+
+
+def _create_torchvision(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise _unknown_model(name, "torchvision classification", names,
+                             "torchvision.models.list_models(module=torchvision.models)")
+    what = f"torchvision/{name}"
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        model = _with_weights(what, urlparse(weights.url).hostname,
+                              lambda: _call(what, torchvision.models.get_model, kwargs, name, weights=weights))
+        model = change_last_layer(model, num_classes)
+    else:
+        model = _call(what, torchvision.models.get_model, kwargs, name, weights=None, num_classes=num_classes)
+    return change_first_conv(model, in_chans) if in_chans != 3 else model
+
+
+def _create_builtin(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
+    check_choice("model.model_name", name, _BUILTIN)
+    if pretrained:
+        raise UserError("model.model_kwargs.pretrained=True is not allowed for provider 'builtin' "
+                        "(no pretrained weights for builtin models); allowed: false")
+    return _call(f"builtin/{name}", _BUILTIN[name], kwargs, num_classes, in_chans)
+
+
+PROVIDERS: dict[str, Callable[..., nn.Module]] = {
+    "timm": _create_timm,
+    "torchvision": _create_torchvision,
+    "builtin": _create_builtin,
+}
+
+
+def list_models(provider: str) -> list[str]:
+    """Model names available from ``provider``."""
+    check_choice("model.provider_name", provider, PROVIDERS)
+    if provider == "timm":
+        import timm
+
+        return timm.list_models()
+    if provider == "torchvision":
+        import torchvision
+
+        return sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(_BUILTIN)
+
+
+def _check_positive_int(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}={value!r} is not allowed; allowed: an integer >= 1")
+
+
+def create_model(provider: str, name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
+                 cifar_stem: bool = False, **kwargs) -> nn.Module:
+    """Create ``name`` from ``provider``; ``kwargs`` go to the provider's constructor."""
+    check_choice("model.provider_name", provider, PROVIDERS)
+    _check_positive_int("num_classes", num_classes)
+    _check_positive_int("in_chans", in_chans)
+    check_choice("model.model_kwargs.pretrained", pretrained, [True, False])
+    model = PROVIDERS[provider](name, num_classes, in_chans, pretrained, **kwargs)
+    return apply_cifar_stem(model) if cifar_stem else model
+
+
+# ---------------------------------------------------------------- model surgery
+def _find(model: nn.Module, kind: type, last: bool = False) -> tuple[str, nn.Module]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+    if not found:
+        raise UserError(f"model {type(model).__name__} has no {kind.__name__} layer to modify")
+    return found[-1] if last else found[0]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _adapt_input_conv():
+    try:
+        from timm.models import adapt_input_conv
+    except ImportError:
+        from timm.models._manipulate import adapt_input_conv
+    return adapt_input_conv
+
+
+def change_first_conv(model: nn.Module, num_input_channels: int) -> nn.Module:
+    """Give the first Conv2d ``num_input_channels`` inputs, adapting weights like timm."""
+    _check_positive_int("model.modifiers.change_first_convolutional_layer.num_input_channels", num_input_channels)
+    name, conv = _find(model, nn.Conv2d)
+    if conv.in_channels == num_input_channels:
+        return model
+    if conv.groups != 1:
+        raise UserError(f"first convolution {name} is grouped; cannot change its input channels")
+    new = nn.Conv2d(num_input_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    base = {"base_chans": conv.in_channels} if conv.in_channels != 3 else {}
+    with torch.no_grad():
+        new.weight.copy_(_adapt_input_conv()(num_input_channels, conv.weight.detach().clone(), **base))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _replace(model, name, new.to(conv.weight.device, conv.weight.dtype))
+    return model
+
+
+def change_last_layer(model: nn.Module, num_outputs: int) -> nn.Module:
+    """Fresh classifier with ``num_outputs`` (timm ``reset_classifier`` or the last nn.Linear)."""
+    _check_positive_int("model.modifiers.change_last_layer.num_outputs", num_outputs)
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_outputs)
+        return model
+    name, linear = _find(model, nn.Linear, last=True)
+    new = nn.Linear(linear.in_features, num_outputs, bias=linear.bias is not None)
+    _replace(model, name, new.to(linear.weight.device, linear.weight.dtype))
+    return model
+
+
+def change_last_layer_to_identity(model: nn.Module) -> nn.Module:
+    """Drop the classifier so that the model returns pooled features."""
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(0)
+        return model
+    _replace(model, _find(model, nn.Linear, last=True)[0], nn.Identity())
+    return model
+
+
+def apply_cifar_stem(model: nn.Module) -> nn.Module:
+    """First conv -> 3x3 stride 1 padding 1 (same channels); first MaxPool2d after it -> Identity."""
+    name, conv = _find(model, nn.Conv2d)
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, groups=conv.groups,
+                    bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
+    if new.weight.shape == conv.weight.shape:  # already 3x3: keep (pretrained) weights
+        new.load_state_dict(conv.state_dict())
+    _replace(model, name, new)
+    modules = list(model.named_modules())
+    after = [n for n, m in modules[[n for n, _ in modules].index(name) + 1:] if isinstance(m, nn.MaxPool2d)]
+    if after:
+        _replace(model, after[0], nn.Identity())
+    return model
+
+
+# ---------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model; stored in checkpoints via ``to_dict``."""
+
+    provider: str
+    name: str
+    num_classes: int
+    in_chans: int = 3
+    pretrained: bool = False
+    cifar_stem: bool = False
+    first_conv_channels: int | None = None  # modifiers.change_first_convolutional_layer.num_input_channels
+    last_layer_outputs: int | None = None  # modifiers.change_last_layer.num_outputs
+    last_layer_identity: bool = False  # modifiers.change_last_layer_to_identity
+    kwargs: dict = field(default_factory=dict, hash=False)  # forwarded to the provider's constructor
+
+    def to_dict(self) -> dict:
+        """Plain python types only (safe for ``torch.load(weights_only=True)``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        keys = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(keys))
+        if unknown:
+            raise UserError(f"checkpoint: model spec key {unknown[0]!r} is not allowed; allowed: {allowed(keys)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise UserError(f"checkpoint: model spec lacks {allowed(missing)}")
+        return cls(**{**d, "kwargs": dict(d.get("kwargs") or {})})
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """create_model, then first-conv, last-layer and identity modifiers (in that order)."""
+    model = create_model(spec.provider, spec.name, spec.num_classes, spec.in_chans, spec.pretrained,
+                         spec.cifar_stem, **spec.kwargs)
+    if spec.first_conv_channels is not None:
+        model = change_first_conv(model, spec.first_conv_channels)
+    if spec.last_layer_outputs is not None:
+        model = change_last_layer(model, spec.last_layer_outputs)
+    if spec.last_layer_identity:
+        model = change_last_layer_to_identity(model)
+    return model
