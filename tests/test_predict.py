@@ -331,6 +331,19 @@ def test_bad_input_exits_2_with_one_line(case, multiclass, cifar100_root, tmp_pa
     assert err.startswith("tune_cifar.predict: error: ") and needle in err, err
 
 
+def test_stale_config_blocks_evaluation_but_not_images(multiclass, tmp_path, capsys):
+    export = _copy_export(multiclass, tmp_path)
+    config = yaml.safe_load((export / "config.yaml").read_text())
+    config["data"]["colour"] = "red"  # e.g. a key of another tune_cifar version
+    (export / "config.yaml").write_text(yaml.safe_dump(config))
+    img = _save(np.zeros((3, 32, 32), np.uint8), tmp_path / "black.png")
+    r = predict.main(["--export", str(export), "--images", str(img), "--out", str(tmp_path / "o")])
+    assert r["classified"] == 1 and "data.colour" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--export", str(export), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "data.colour" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_gpu_exits_2(multiclass, capsys):
     with pytest.raises(SystemExit) as exc:

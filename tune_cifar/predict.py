@@ -874,6 +874,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     clock = Clock()
     loaded = load(args)
+    if loaded.config is not None and (args.images or args.to):
+        try:  # images need no data config: a config of an older version should not block them
+            config_from_dict(loaded.config)
+        except UserError as err:
+            warn(f"the model's config.yaml does not validate ({err}); using the task settings saved "
+                 f"with the weights")
+            loaded.config = None
     cfg = make_config(loaded, args)
     if args.to:
         return convert(loaded, cfg, args)
