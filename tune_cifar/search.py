@@ -151,7 +151,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
                 num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
-                time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname),
+                time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname,
+                reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
             run_config=tune.RunConfig(
                 name=run_name, storage_path=str(exp_dir),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
