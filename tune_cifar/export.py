@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 
+from .checkpoint import read_checkpoint
 from .errors import UserError
 
 if TYPE_CHECKING:  # .system imports Lightning; imported where needed so that find_best stays light
@@ -65,8 +66,6 @@ def write_export(dest: Path, checkpoint: Path, config: dict, metrics: dict | Non
                  hyperparameters: dict | None = None, experiment: str = "",
                  link_root: Path | None = None) -> Path:
     """Write an export folder from a Lightning checkpoint; point ``link_root/best`` at it."""
-    from .system import read_checkpoint
-
     ckpt = read_checkpoint(checkpoint)
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")

@@ -35,7 +35,6 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -52,6 +51,7 @@ from torch import nn  # noqa: E402
 # torchmetrics and Lightning (through tune_cifar.system) are imported after inference, to compute
 # the metrics of a dataset evaluation, and never for --images / --to.
 from .config import Config, TaskConfig, _build, config_from_dict, set_dotted  # noqa: E402
+from .checkpoint import normalization_buffers, normalize, read_checkpoint  # noqa: E402
 from .errors import UserError, cli_entry  # noqa: E402
 from .export import FORMAT, MANIFEST, MODEL_FILE, find_best  # noqa: E402
 from .models import ModelSpec, build_model  # noqa: E402
@@ -81,45 +81,12 @@ class InferenceModel(nn.Module):
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.channels_last = channels_last
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, in_chans, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, in_chans, 1, 1) * 255)
+        mean255, std255 = normalization_buffers(in_chans, mean, std)
+        self.register_buffer("mean", mean255)
+        self.register_buffer("std", std255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
-
-
-def read_weights(path: Path) -> dict:
-    """A tune_cifar weights file (export model.pt or Lightning checkpoint), loaded with weights_only=True."""
-    if not path.is_file():
-        raise UserError(f"model file {path} not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" for damaged files
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise UserError(f"{path} cannot be read: {_load_failure(err)}") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not isinstance(ckpt.get("state_dict"), dict) \
-            or not {"model_spec", "task", "input_spec"} <= set(hp):
-        raise UserError(f"{path} is not a tune_cifar model (expected state_dict and hyper_parameters with "
-                        f"model_spec, task, input_spec)")
-    return ckpt
-
-
-def _load_failure(err: Exception) -> str:
-    """Why torch.load(weights_only=True) failed, in one line: refused objects or a damaged file."""
-    text = str(err).strip()
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if refused:
-        return (f"it needs unpickling arbitrary Python objects ({refused.group(1)}), refused: "
-                f"only files that torch.load(weights_only=True) reads are loaded")
-    unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    detail = unpickler.group(1) if unpickler else (lines[0] if lines else "")
-    return f"truncated or corrupt ({type(err).__name__}{': ' + detail[:160] if detail else ''})"
+        return self.model(normalize(x, self.mean, self.std, self.channels_last))
 
 
 def _preview(names: Sequence[str], n: int = 4) -> str:
@@ -251,7 +218,7 @@ def load_export(path: Path) -> Loaded:
     if manifest.get("format") != FORMAT:
         raise UserError(f"export {path} has format {manifest.get('format')!r}; this version reads {FORMAT}")
     model_file = path / str(manifest.get("model") or MODEL_FILE)
-    ckpt = read_weights(model_file)
+    ckpt = read_checkpoint(model_file)
     hp = ckpt["hyper_parameters"]
     listed = manifest.get("classes")
     if listed and list(listed) != list(hp["input_spec"]["classes"]):
@@ -272,7 +239,7 @@ def load_checkpoint(path: Path) -> Loaded:
     if not path.exists():
         raise UserError(f"checkpoint {path} not found; training writes "
                         f"outputs/<experiment>/<run>/checkpoints/best.ckpt (python -m tune_cifar.train)")
-    ckpt = read_weights(path)
+    ckpt = read_checkpoint(path)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     config = _yaml_file(run_dir / "config.yaml")
     results = _json_file(run_dir / "results.json")

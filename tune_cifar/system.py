@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from .checkpoint import normalization_buffers, normalize, read_checkpoint
 from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
 from .errors import UserError, allowed
 from .models import ModelSpec, build_model
@@ -130,9 +131,9 @@ class ClassificationSystem(pl.LightningModule):
         self.model = build_model(model_spec)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        c = input_spec.in_chans
-        self.register_buffer("mean", torch.tensor(input_spec.mean, dtype=torch.float32).view(1, c, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(input_spec.std, dtype=torch.float32).view(1, c, 1, 1) * 255)
+        mean, std = normalization_buffers(input_spec.in_chans, input_spec.mean, input_spec.std)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
         n = len(input_spec.classes)
         self.val_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in optimizer.metrics.items()})
         self.test_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in optimizer.metrics.items()})
@@ -140,10 +141,7 @@ class ClassificationSystem(pl.LightningModule):
     # -- forward ------------------------------------------------------------
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0..255 float) images -> normalised float tensor."""
-        x = (x.float() - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return normalize(x, self.mean, self.std, self.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         net = self.__dict__.get("_compiled") or self.model
@@ -245,29 +243,10 @@ def system_from_hparams(hp: dict) -> ClassificationSystem:
     )
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file safely (weights_only); clear one-line errors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it needs unpickling arbitrary objects, refused (weights_only=True)"
-        raise UserError(f"checkpoint {path} cannot be read: {reason[:200]}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise UserError(f"checkpoint {path} is not a tune_cifar checkpoint (no state_dict/hyper_parameters)")
-    return ckpt
-
-
 def load_system(path: str | Path) -> ClassificationSystem:
     """Rebuild the system from a checkpoint alone (no config files, no Ray)."""
     ckpt = read_checkpoint(path)
     hp = ckpt["hyper_parameters"]
-    if "model_spec" not in hp:
-        raise UserError(f"checkpoint {path} has no model_spec: not written by tune_cifar")
     system = system_from_hparams(hp)
     try:
         system.load_state_dict(ckpt["state_dict"])
