@@ -24,6 +24,7 @@ from typing import Sequence
 
 import yaml
 
+from . import resilience
 from .errors import UserError, cli_entry
 from .space import SearchSpace, load_space, sample
 
@@ -38,7 +39,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="key=value for the base config, or search.key=value")
     p.add_argument("--debug", action="store_true", help="run one trial in this process, without Ray")
     p.add_argument("--params", help='with --debug: JSON {"dotted.key": value, ...}; the rest is sampled')
-    p.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    p.add_argument("--address", help="join this Ray cluster: auto or HOST:PORT (default: start Ray locally)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest run of this experiment (interrupted or killed): same command + --resume")
+    p.add_argument("--new-name", action="store_true",
+                   help="if the experiment exists, run this search as <experiment>_2 (the first free name)")
     p.add_argument("--num-samples", type=int, help="same as search.num_samples=N")
     p.add_argument("--output-dir", help="same as search.storage_path=DIR (default: run.output_dir)")
     return p.parse_intermixed_args(list(argv))  # overrides may follow options
@@ -101,30 +106,32 @@ def start_ray(address: str | None):
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        resilience.connect(address)
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
     return True
 
 
-def run_search(space: SearchSpace, address: str | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Run the trials, write results.csv, export the best trial; returns a summary dict."""
+def run_search(space: SearchSpace, address: str | None = None, overrides: Sequence[str] = (),
+               resume: bool = False, new_name: bool = False) -> dict:
+    """Run the trials (or ``resume`` the experiment's latest run), write results.csv and the reports,
+    export the best trial; returns a summary dict (``interrupted: True`` if stopped before the end)."""
     import ray
     import torch
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from .config import config_from_dict
     from .data import load_data
     from .space import make_sampler
+    from .study import NanSafeOptunaSearch
     from .trainable import train_trial
 
     s = space.search
-    root = Path(s.storage_path).resolve()
-    exp_dir = root / s.experiment
-    run_name = _stamp(exp_dir)
-    run_dir = exp_dir / run_name
+    paths = resilience.plan_run(space, resume=resume, new_name=new_name)  # refuses to reuse a name silently
+    if paths.resume:
+        resilience.check_resume(paths, space, overrides)
+    run_dir = paths.local
     if not address:
         space.check_gpus(torch.cuda.device_count())
     space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
@@ -135,40 +142,52 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     try:
         if address:
             space.check_gpus(ray.cluster_resources().get("GPU", 0), "the Ray cluster")
-        points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
-        searcher = OptunaSearch(space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
-                                points_to_evaluate=points or None)
-        if s.scheduler.name == "asha":
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.scheduler.max_epochs,
-                                      grace_period=s.scheduler.grace_period,
-                                      reduction_factor=s.scheduler.reduction_factor)
-        else:
-            scheduler = FIFOScheduler()
+        resilience.check_resources(s, f"the Ray cluster at {address}" if address else "this machine")
         trainable = tune.with_resources(tune.with_parameters(train_trial, space=space, arrays=arrays),
                                         {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
-                num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
-                time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname,
-                reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
-            run_config=tune.RunConfig(
-                name=run_name, storage_path=str(exp_dir),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
-                                                        checkpoint_score_attribute=s.metric,
-                                                        checkpoint_score_order=s.mode),
-                failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),
-        )
-        (run_dir).mkdir(parents=True, exist_ok=True)
-        (run_dir / "search.yaml").write_text(yaml.safe_dump(
-            {"space_file": space.path, "overrides": list(overrides),
-             "search": _plain(s), "base": space.base}, sort_keys=False))
-        grid = tuner.fit()
+        if paths.resume:
+            print(f"resuming {paths.ray_dir}", flush=True)
+            tuner = tune.Tuner.restore(paths.ray_dir, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+        else:
+            points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
+            searcher = NanSafeOptunaSearch(
+                space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
+                points_to_evaluate=points or None, storage=resilience.optuna_storage(s),
+                study_name=resilience.study_name(s))  # a persistent study if search.optuna_storage is set
+            if s.scheduler.name == "asha":
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.scheduler.max_epochs,
+                                          grace_period=s.scheduler.grace_period,
+                                          reduction_factor=s.scheduler.reduction_factor)
+            else:
+                scheduler = FIFOScheduler()
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
+                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                    time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname,
+                    reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
+                run_config=tune.RunConfig(
+                    name=paths.name, storage_path=paths.storage,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
+                                                            checkpoint_score_attribute=s.metric,
+                                                            checkpoint_score_order=s.mode),
+                    failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),
+            )
+        if not paths.resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "search.yaml").write_text(yaml.safe_dump(resilience.search_record(space, overrides),
+                                                                sort_keys=False))
+            resilience.upload_reports(paths)
+        start = time.monotonic()
+        with resilience.graceful_signals():  # SIGTERM like Ctrl-C: Tune saves its state, --resume continues
+            grid = tuner.fit()
+        interrupted = resilience.interrupted(grid, s, time.monotonic() - start)
     finally:
         if started:
             ray.shutdown()
-    return finish(space, grid, run_dir, arrays)
+    return finish(space, grid, paths, arrays, interrupted=interrupted)
 
 
 def _plain(obj):
@@ -191,7 +210,8 @@ def results_table(space: SearchSpace, grid):
         values = df[s.metric].astype(float) if has else pd.Series(dtype=float)
         best_i = (values.idxmax() if s.mode == "max" else values.idxmin()) if values.notna().any() else None
         epochs = int(df["training_iteration"].max()) if has else 0
-        status = ("error" if result.error else
+        reason = (result.metrics or {}).get(resilience.STOP_REASON) or ""  # non-finite loss: ended as failed
+        status = ("error" if result.error else "failed" if reason else
                   "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
         rows.append({
             "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_"),
@@ -202,7 +222,7 @@ def results_table(space: SearchSpace, grid):
             "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
             **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
                for k, v in space.values(result.config or {}).items()},
-            "error": str(result.error).strip().splitlines()[-1][:200] if result.error else "",
+            "error": resilience.describe_error(result.error) if result.error else reason,
         })
     columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s",
                *(p.key for p in space.params), "error"]
@@ -222,20 +242,28 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
     return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
 
 
-def finish(space: SearchSpace, grid, run_dir: Path, arrays) -> dict:
-    """results.csv, printed summary, export of the best trial at its best epoch (+ test metrics)."""
+def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interrupted: bool = False) -> dict:
+    """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
     from .export import write_export
     from .trainable import checkpoint_file
     from .trial import evaluate, quiet
 
     quiet()
     s = space.search
+    run_dir = paths.local
+    run_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(space, grid)
     table.to_csv(run_dir / "results.csv", index=False)
     print(summary_text(space, table), flush=True)
     print(f"results: {run_dir / 'results.csv'}")
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
-           "trial_epochs": int(table["epochs"].sum()) if len(table) else 0}
+           "trial_epochs": int(table["epochs"].sum()) if len(table) else 0,
+           "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
+    if interrupted:
+        resilience.upload_reports(paths)
+        print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with the same "
+              f"command plus --resume", file=sys.stderr, flush=True)
+        return {**out, "interrupted": True}
     try:
         best = grid.get_best_result(metric=s.metric, mode=s.mode, scope="all", filter_nan_and_inf=True)
     except RuntimeError:
@@ -253,15 +281,31 @@ def finish(space: SearchSpace, grid, run_dir: Path, arrays) -> dict:
                **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
     with checkpoint.as_directory() as directory:
         metrics.update(evaluate(cfg, checkpoint_file(directory), arrays))
-        dest = write_export(Path(s.storage_path) / s.experiment / "best", checkpoint_file(directory),
+        dest = write_export(paths.export_dir, checkpoint_file(directory),
                             config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
-                            experiment=s.experiment, link_root=Path(s.storage_path))
+                            experiment=s.experiment, link_root=paths.link_root)
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
-    print(f"exported: {dest} (latest: {Path(s.storage_path) / 'best'})")
+    print(f"exported: {dest} (latest: {paths.link_root / 'best'})")
     out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
     (run_dir / "best.json").write_text(json.dumps(out, indent=2, default=str))
+    resilience.upload_reports(paths)
     return out
+
+
+def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
+    """Learning curves and parallel coordinates (tune_cifar.report); a plotting error only warns."""
+    from .report import write_reports as plots
+
+    try:
+        curves = {}
+        for result in grid:
+            trial = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+            curves[str(trial)] = result.metrics_dataframe
+        return [str(p) for p in plots(run_dir, table, curves, space)]
+    except Exception as err:  # the results matter more than the pictures
+        log.warning("could not write the plots: %s", err)
+        return []
 
 
 @cli_entry
@@ -277,7 +321,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     space = load_space(args.space_file, overrides)
     if args.debug:
         return debug(space, args.params)
-    return run_search(space, args.address, overrides)
+    out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
+    if out.get("interrupted"):
+        sys.exit(130)
+    return out
 
 
 if __name__ == "__main__":

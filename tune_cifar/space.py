@@ -317,6 +317,9 @@ class SearchSettings:
     storage_path: Optional[str] = None  # default: run.output_dir
     checkpoints_to_keep: int = 2  # per trial, best by the metric
     max_failures: int = 0  # retries of a failed trial (resumes from its last checkpoint)
+    local_path: Optional[str] = None  # with a URI storage_path: the driver's reports and export (default: outputs)
+    optuna_storage: Optional[str] = None  # persistent Optuna study, e.g. sqlite:///optuna.db (default: in memory)
+    optuna_study: Optional[str] = None  # its study name (default: the experiment name)
 
 
 def _settings(where: str, data: dict, base: dict) -> SearchSettings:
@@ -348,6 +351,8 @@ def _settings(where: str, data: dict, base: dict) -> SearchSettings:
         ("checkpoints_to_keep", s.checkpoints_to_keep >= 1, "an integer >= 1"),
         ("max_failures", s.max_failures >= -1, "an integer >= 0, or -1 (retry forever)"),
         ("experiment", bool(re.fullmatch(r"[\w.-]+", s.experiment)), "letters, digits, _ . -"),
+        ("optuna_storage", s.optuna_storage is None or "://" in s.optuna_storage,
+         "null or a database URL such as sqlite:///optuna.db"),
     ]
     for key, ok, what in checks:
         if not ok:

@@ -14,6 +14,8 @@ from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from .config import Config
 from .data import ImageArrays
+from .faults import NonFiniteLoss, resource_errors, trial_callbacks
+from .resilience import STOP_REASON
 from .space import SearchSpace
 from .trial import quiet, run_trial
 
@@ -32,13 +34,19 @@ def checkpoint_file(directory: str | Path) -> Path:
 def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     """Ray's entry point for one trial; ``config`` is what the Optuna searcher suggested."""
     quiet("ray.train", "ray.tune")
-    cfg = space.trial_config(space.values(config))
+    values = space.values(config)
+    cfg = space.trial_config(values)
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     report = TuneReportCheckpointCallback(metrics=reported_metrics(cfg), filename=CHECKPOINT_FILE,
                                           on="validation_end")
+    callbacks = [report, *trial_callbacks(values, tune.get_context().get_trial_id())]
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        run_trial(cfg, arrays, None, [report])
-        return
-    with checkpoint.as_directory() as directory:  # a retried trial resumes where it stopped
-        run_trial(cfg, arrays, None, [report], ckpt_path=checkpoint_file(directory))
+    try:
+        with resource_errors():
+            if checkpoint is None:
+                run_trial(cfg, arrays, None, callbacks)
+                return
+            with checkpoint.as_directory() as directory:  # a retried trial resumes where it stopped
+                run_trial(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
+    except NonFiniteLoss as err:  # end the trial as failed, with its reason; not retried (it would repeat)
+        tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: str(err)})

@@ -1,0 +1,247 @@
+"""A search that survives: failing trials, interruption and --resume, name clashes, a Ray cluster, reports.
+
+Faults are injected with the test-only TUNE_CIFAR_TEST_FAULTS (tune_cifar/faults.py); Ray workers
+inherit it from this process (local Ray) or from ``ray start`` (the cluster test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tune_cifar.faults import TEST_FAULTS_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"optimizer.optimizer": "adamw", "optimizer.lr": 0.01}
+
+
+def point(lr: float) -> dict:
+    return {"optimizer.optimizer": "adamw", "optimizer.lr": lr}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from cifar_files import write_cifar10
+
+    root = tmp_path_factory.mktemp("cifar10_resilience")
+    write_cifar10(root, n_train=400, n_test=60, seed=0)
+    return root
+
+
+def space_file(tmp_path: Path, data_root: Path, search: dict, points=None, name: str = "tiny.yaml") -> Path:
+    doc = {
+        "base": ["data=cifar10", f"data.dataset_path={data_root}", "data.download=false",
+                 "data.val_fraction=0.25", "data.train_batch_size=32", "data.inference_batch_size=128",
+                 "model=small_cnn", "model.model_name=tiny_cnn", "trainer.log_every_n_steps=1"],
+        "params": {
+            "optimizer.optimizer": {"choice": ["sgd", "adamw"]},
+            "optimizer.lr": {"loguniform": [1e-5, 0.05]},
+            "optimizer.momentum": {"uniform": [0.8, 0.95], "when": {"optimizer.optimizer": "sgd"}},
+        },
+        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), **search},
+    }
+    if points:
+        doc["search"]["searcher"] = {"name": "random", "seed": 0, "points_to_evaluate": points}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- no Ray
+
+
+def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
+    """A real divergence (SGD with an absurd learning rate), caught by the callback every trial gets."""
+    from tune_cifar.data import load_data
+    from tune_cifar.faults import NonFiniteLoss, trial_callbacks
+    from tune_cifar.trial import run_trial
+
+    cfg = tiny_cfg("optimizer=sgd", "optimizer.lr=1e12", "optimizer.weight_decay=0", "trainer.max_epochs=2")
+    with pytest.raises(NonFiniteLoss, match=r"loss/train became (nan|inf) at epoch 1, step \d+"):
+        run_trial(cfg, load_data(cfg.data, cfg.task.task), None, trial_callbacks({}))
+
+
+def test_resource_errors_name_the_resource():
+    import torch
+
+    from tune_cifar.faults import ResourceExhausted, resource_errors
+    from tune_cifar.resilience import describe_error
+
+    with pytest.raises(ResourceExhausted, match="out of GPU memory.*data.train_batch_size.*search.resources.gpu"):
+        with resource_errors():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(ResourceExhausted, match=r"out of host memory \(RAM\)"):
+        with resource_errors():
+            raise MemoryError()
+
+    class OutOfMemoryError(Exception):  # as ray.exceptions names it
+        pass
+
+    OutOfMemoryError.__module__ = "ray.exceptions"
+    assert describe_error(OutOfMemoryError("Task was killed due to the node running low on memory.\nMemory on "
+                                           "the node was 15.1GB / 16GB")).startswith("out of host memory (RAM)")
+    assert describe_error(RuntimeError("Traceback ...\n  x\nValueError: bad thing")) == "ValueError: bad thing"
+
+
+def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, data_root, capsys):
+    from tune_cifar.resilience import plan_run
+    from tune_cifar.search import main
+    from tune_cifar.space import load_space
+
+    path = space_file(tmp_path, data_root, {"num_samples": 1})
+    old = tmp_path / "outputs" / "tiny" / "2026-01-01_00-00-00"
+    old.mkdir(parents=True)
+    (old / "search.yaml").write_text("search: {}\n")
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tune_cifar.search: error: experiment 'tiny' already exists in ")
+    assert "(1 search run, latest 2026-01-01_00-00-00 (unfinished)); add --resume to continue it, --new-name to " \
+           "run this search as 'tiny_2', or choose another name with search.experiment=NAME" in err
+    assert len(err.splitlines()) == 1 and sorted(os.listdir(old.parent)) == [old.name]  # nothing written
+
+    space = load_space(path)
+    paths = plan_run(space, new_name=True)
+    assert paths.experiment == space.search.experiment == space.base["run"]["experiment"] == "tiny_2"
+    assert paths.local.parent == tmp_path / "outputs" / "tiny_2" and paths.export_dir.name == "best"
+
+    # --resume: the latest run, and the configuration must be the same.
+    assert plan_run(load_space(path), resume=True).local == old
+    with pytest.raises(SystemExit):
+        main([str(path), "--resume"])
+    assert "--resume: the configuration differs from run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--resume", "search.experiment=other"])
+    assert exit_.value.code == 2
+    assert "--resume: no search to resume for experiment 'other'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(path), "--resume", "--new-name"])
+    assert "give only one" in capsys.readouterr().err
+
+
+def test_reports_from_a_results_table(tmp_path):
+    from tune_cifar.report import learning_curves, parallel_coordinates
+
+    table = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "status": ["completed", "stopped early", "failed", "error"],
+                          "accuracy/val": [0.5, 0.3, 0.2, math.nan], "optimizer.lr": [1e-3, 1e-2, 1e-1, 1e-4],
+                          "optimizer.optimizer": ["sgd", "adamw", "sgd", "adamw"],
+                          "optimizer.momentum": [0.9, math.nan, 0.8, math.nan]})
+    curves = {"a": pd.DataFrame({"training_iteration": [1, 2, 3], "accuracy/val": [0.2, 0.4, 0.5]}),
+              "b": pd.DataFrame({"training_iteration": [1], "accuracy/val": [0.3]}),
+              "c": pd.DataFrame({"training_iteration": [1, 2], "accuracy/val": [0.2, math.nan]}),
+              "d": None}
+    a = learning_curves(curves, dict(zip(table.trial_id, table.status)), "accuracy/val", tmp_path / "lc.png", 3)
+    b = parallel_coordinates(table, ["optimizer.optimizer", "optimizer.lr", "optimizer.momentum"], "accuracy/val",
+                             "max", tmp_path / "pc.png", {"optimizer.lr"})
+    for p in (a, b):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_optuna_study_is_persistent_and_warm_starts(tmp_path, data_root):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_cifar.resilience import optuna_storage, study_name
+    from tune_cifar.space import load_space, make_sampler
+
+    db = tmp_path / "db" / "optuna.db"
+    space = load_space(space_file(tmp_path, data_root, {"optuna_storage": f"sqlite:///{db}"}))
+    s = space.search
+    assert study_name(s) == "tiny"
+
+    def searcher():
+        return OptunaSearch(space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
+                            storage=optuna_storage(s), study_name=study_name(s))
+
+    first = searcher()
+    for i in range(3):
+        first.suggest(f"t{i}")
+        first.on_trial_complete(f"t{i}", {s.metric: 0.1 * i})
+    # A later search (a new process would do the same) finds the study: TPE starts from these trials.
+    again = searcher()
+    assert [t.value for t in again._ot_study.trials] == pytest.approx([0.0, 0.1, 0.2])
+    loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")  # what optuna-dashboard reads
+    assert len(loaded.trials) == 3 and set(loaded.trials[0].params) >= {"optimizer.optimizer", "optimizer.lr"}
+
+
+# --------------------------------------------------------------------------- Ray: failing trials
+
+
+def test_failing_trials_are_recorded_and_the_best_of_the_rest_is_exported(tmp_path, data_root, monkeypatch):
+    """Crash (retried, still failing), NaN loss (not retried), a transient crash that a retry fixes
+    from its checkpoint, and a good trial; reports, TensorBoard logs, persistent study."""
+    import optuna
+    import ray
+
+    from tune_cifar.export import read_export
+    from tune_cifar.search import run_search
+    from tune_cifar.space import load_space
+
+    NAN, CRASH, TRANSIENT = 0.002, 0.003, 0.005
+    monkeypatch.setenv(TEST_FAULTS_ENV, json.dumps([
+        {"when": {"optimizer.lr": NAN}, "epoch": 2, "fault": "nan"},
+        {"when": {"optimizer.lr": CRASH}, "epoch": 2, "fault": "raise"},
+        {"when": {"optimizer.lr": TRANSIENT}, "epoch": 2, "fault": "raise", "times": 1,
+         "state_dir": str(tmp_path / "faults")},
+    ]))
+    db = tmp_path / "optuna.db"
+    path = space_file(tmp_path, data_root, {
+        "num_samples": 4, "max_concurrent_trials": 2, "resources": {"cpu": 1}, "max_failures": 1,
+        "scheduler": {"name": "fifo", "max_epochs": 2}, "optuna_storage": f"sqlite:///{db}",
+    }, points=[point(lr) for lr in (NAN, CRASH, TRANSIENT, 0.01)])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        out = run_search(load_space(path))
+    finally:
+        ray.shutdown()
+
+    table = pd.read_csv(out["results"]).set_index("optimizer.lr")
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert table.loc[NAN, "status"] == "failed" and table.loc[NAN, "epochs"] == 2
+    assert table.loc[NAN, "error"].startswith("loss/train became nan at epoch 2")
+    assert table.loc[NAN, "accuracy/val"] > 0  # its first epoch still counts
+    assert table.loc[CRASH, "status"] == "error"
+    assert table.loc[CRASH, "error"].endswith("injected fault at epoch 2 (TUNE_CIFAR_TEST_FAULTS)")
+    assert table.loc[TRANSIENT, "status"] == "completed" and table.loc[TRANSIENT, "epochs"] == 2
+    assert table.loc[0.01, "status"] == "completed"
+
+    run_dir = Path(out["run_dir"])
+    trial_dir = {lr: run_dir / f"trial_{table.loc[lr, 'trial_id']}" for lr in table.index}
+    assert (trial_dir[CRASH] / "error.txt").read_text().count("Failure # ") == 2  # one retry (max_failures=1)
+    assert not (trial_dir[NAN] / "error.txt").exists()  # ended, not failed: no retry
+    transient = pd.read_csv(trial_dir[TRANSIENT] / "progress.csv")
+    assert sorted(set(transient["training_iteration"])) == [1, 2]  # the retry resumed at epoch 2
+
+    # The best of the rest is exported.
+    best = table[table["status"] == "completed"]["accuracy/val"].idxmax()
+    exp = read_export(tmp_path / "outputs" / "tiny" / "best")
+    assert exp.hyperparameters["optimizer.lr"] == pytest.approx(best)
+
+    # Reports and TensorBoard logs.
+    for name in ("learning_curves.png", "parallel_coordinates.png"):
+        assert (run_dir / name).stat().st_size > 10_000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next(trial_dir[0.01].glob("events.out.tfevents.*"))))
+    acc.Reload()
+    assert any(tag.endswith("accuracy/val") for tag in acc.Tags()["scalars"])
+
+    # The persistent study holds every trial: NaN and errors as FAIL.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    states = {t.params["optimizer.lr"]: t.state.name for t in study.trials}
+    assert states == {NAN: "FAIL", CRASH: "FAIL", TRANSIENT: "COMPLETE", 0.01: "COMPLETE"}
