@@ -6,8 +6,10 @@ inherit it from this process (local Ray) or from ``ray start`` (the cluster test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import shutil
 import os
 import secrets
 import signal
@@ -245,3 +247,187 @@ def test_failing_trials_are_recorded_and_the_best_of_the_rest_is_exported(tmp_pa
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
     states = {t.params["optimizer.lr"]: t.state.name for t in study.trials}
     assert states == {NAN: "FAIL", CRASH: "FAIL", TRANSIENT: "COMPLETE", 0.01: "COMPLETE"}
+
+
+# --------------------------------------------------------------------------- Ray: interruption and resume
+
+
+def _finished_trials(exp: Path, epochs: int) -> dict[str, int]:
+    """trial id -> rows in its progress.csv, for trials that reported their last epoch."""
+    out = {}
+    for progress in exp.glob("*/trial_*/progress.csv"):
+        try:
+            df = pd.read_csv(progress)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            continue
+        if len(df) and (df["training_iteration"] >= epochs).any():
+            out[progress.parent.name.removeprefix("trial_")] = len(df)
+    return out
+
+
+def _start(path: Path, cwd: Path, *args: str) -> subprocess.Popen:
+    log = open(cwd / f"search_{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(path), *args], cwd=cwd,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, exp: Path, epochs: int, n: int, timeout: float = 120) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = _finished_trials(exp, epochs)
+        if len(done) >= n:
+            return done
+        assert proc.poll() is None, f"the search ended early ({proc.returncode})"
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} trials finished in {timeout} s")
+
+
+def _kill_session(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to every process of the session the search started (its Ray processes too)."""
+    out = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+    for pid in (int(p) for p in out.split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def test_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path, data_root):
+    """SIGKILL of the search and its Ray processes after 2 finished trials; --resume finishes the rest."""
+    from tune_cifar.search import main
+
+    epochs, n = 2, 5
+    path = space_file(tmp_path, data_root, {
+        "num_samples": n, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "scheduler": {"name": "fifo", "max_epochs": epochs}, "searcher": {"name": "random", "seed": 0}})
+    exp = tmp_path / "outputs" / "tiny"
+    proc = _start(path, tmp_path)
+    try:
+        _wait_for(proc, exp, epochs, 2)
+    finally:
+        _kill_session(proc, signal.SIGKILL)
+        proc.wait(30)
+    before = _finished_trials(exp, epochs)
+    (run,) = [d for d in exp.iterdir() if d.name != "best"]
+    assert 2 <= len(before) < n and not (run / "results.csv").exists()
+
+    out = main([str(path), "--resume"])
+    table = pd.read_csv(out["results"])
+    assert out["run_dir"] == str(run) and len(table) == n and table["trial_id"].is_unique
+    assert set(before) <= set(table["trial_id"].astype(str)) and set(table["status"]) == {"completed"}
+    after = _finished_trials(exp, epochs)
+    assert {t: after[t] for t in before} == {t: epochs for t in before}  # not re-run: one row per epoch
+    assert (exp / "best" / "export.json").is_file()
+    print(f"finished trials: {len(before)} when killed, {len(table)} after --resume")
+
+
+@pytest.mark.slow
+def test_sigterm_then_kill_then_resume_keeps_every_trial_once(tmp_path, data_root, capsys):
+    """SIGTERM (graceful, exit 130), --resume, SIGKILL of everything, --resume again: 6 trials, each once."""
+    from tune_cifar.search import main
+
+    epochs, n = 2, 6
+    path = space_file(tmp_path, data_root, {
+        "num_samples": n, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "scheduler": {"name": "fifo", "max_epochs": epochs}, "searcher": {"name": "random", "seed": 0}})
+    exp = tmp_path / "outputs" / "tiny"
+    try:
+        first = _start(path, tmp_path)
+        done1 = _wait_for(first, exp, epochs, 1)
+        first.send_signal(signal.SIGTERM)  # like Ctrl-C: Tune saves the state and stops
+        assert first.wait(60) == 130
+        log1 = next(tmp_path.glob("search_*.log")).read_text()
+        assert "search interrupted after" in log1 and "--resume" in log1
+        (run,) = [d for d in exp.iterdir() if d.name != "best"]
+        before = pd.read_csv(run / "results.csv")  # written for what ran
+        assert 1 <= len(before) < n and not (exp / "best").exists()
+        done1 = _finished_trials(exp, epochs)
+
+        second = _start(path, tmp_path, "--resume")
+        done2 = _wait_for(second, exp, epochs, len(done1) + 1)
+        _kill_session(second, signal.SIGKILL)  # the process killed, Ray with it: no chance to save anything
+        second.wait(30)
+    finally:
+        for proc in [p for p in (locals().get("first"), locals().get("second")) if p is not None]:
+            _kill_session(proc, signal.SIGKILL)
+    done2 = _finished_trials(exp, epochs)
+
+    out = main([str(path), "--resume"])
+    table = pd.read_csv(out["results"])
+    assert out["run_dir"] == str(run) and len(table) == n and table["trial_id"].is_unique
+    assert set(done2) <= set(table["trial_id"].astype(str))
+    finished = _finished_trials(exp, epochs)
+    for trial, rows in done2.items():  # a trial finished before a stop is not re-run
+        assert finished[trial] == rows == epochs, trial
+    assert set(table["status"]) == {"completed"} and (exp / "best" / "export.json").is_file()
+    assert (run / "learning_curves.png").stat().st_size > 10_000
+    print(f"finished trials: {len(done1)} after SIGTERM, {len(done2)} after SIGKILL, {len(table)} at the end")
+
+
+# --------------------------------------------------------------------------- Ray: an existing cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(monkeypatch):
+    """A real local Ray head (``ray start --head --block``), stopped by signalling only its own processes."""
+    token = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters use token authentication
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
+    log = open(Path(temp) / "head.log", "w")
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+         *(f"--{opt}={_free_port()}" for opt in ("dashboard-port", "dashboard-agent-listen-port",
+                                                 "dashboard-agent-grpc-port", "metrics-export-port",
+                                                 "runtime-env-agent-port", "ray-client-server-port"))],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in (Path(temp) / "head.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, (Path(temp) / "head.log").read_text()
+            time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)  # ray start --block stops its processes; never `ray stop` (all of them)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_session(head, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_search_on_an_existing_ray_cluster_with_uri_storage(tmp_path, data_root, ray_head, capsys):
+    """--address joins the cluster; a file:// storage_path goes through Ray's URI storage (as s3:// would)."""
+    from tune_cifar.export import find_best, read_export
+    from tune_cifar.search import main
+
+    shared, local = tmp_path / "shared", tmp_path / "local"
+    path = space_file(tmp_path, data_root, {
+        "num_samples": 2, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "scheduler": {"name": "fifo", "max_epochs": 1}, "storage_path": f"file://{shared}",
+        "local_path": str(local)}, points=[GOOD, point(0.002)])
+
+    # Trial resources that no node has: a clear error, not an endless wait.
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--address", ray_head, "search.resources.cpu=4"])
+    assert exit_.value.code == 2
+    assert (f"search.resources.cpu=4 per trial but no node of the Ray cluster at {ray_head} has 4 CPUs "
+            f"(the most on one node: 2); allowed: at most 2") in capsys.readouterr().err
+
+    out = main([str(path), "--address", ray_head])
+    run = Path(out["run_dir"])
+    assert run.parent == local / "tiny" and len(pd.read_csv(out["results"])) == 2
+    ray_run = shared / "tiny" / run.name  # trials and checkpoints on the shared storage
+    assert len(list(ray_run.glob("trial_*/checkpoint_*/model.ckpt"))) == 2
+    for name in ("search.yaml", "results.csv", "best.json", "learning_curves.png", "parallel_coordinates.png"):
+        assert (ray_run / name).read_bytes() == (run / name).read_bytes(), name  # reports copied next to them
+    exp = read_export(find_best(local))
+    assert exp.metrics["trial_id"] == out["best_trial"] and "accuracy/test" in exp.metrics

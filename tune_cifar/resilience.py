@@ -250,16 +250,20 @@ def graceful_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def trial_statuses(grid) -> list[str]:
-    """Tune's status of every trial (TERMINATED, ERROR, RUNNING, PENDING, PAUSED)."""
-    analysis = getattr(grid, "_experiment_analysis", None)
-    return [t.status for t in getattr(analysis, "trials", None) or []]
+def trial_statuses(grid) -> dict[str, str]:
+    """Tune's status of every trial by id (TERMINATED, ERROR, RUNNING, PENDING, PAUSED)."""
+    analysis = getattr(grid, "_experiment_analysis", None)  # ResultGrid has no public status
+    return {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
+
+
+def unfinished_trials(grid) -> set[str]:
+    return {t for t, st in trial_statuses(grid).items() if st not in ("TERMINATED", "ERROR")}
 
 
 def interrupted(grid, s, elapsed_s: float) -> bool:
     """True when Tune stopped before the search was done (Ctrl-C, SIGTERM)."""
     statuses = trial_statuses(grid)
-    if any(st not in ("TERMINATED", "ERROR") for st in statuses):
+    if unfinished_trials(grid):
         return True
     if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
         return False

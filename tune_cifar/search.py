@@ -128,13 +128,13 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from .trainable import train_trial
 
     s = space.search
+    space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
     paths = resilience.plan_run(space, resume=resume, new_name=new_name)  # refuses to reuse a name silently
     if paths.resume:
         resilience.check_resume(paths, space, overrides)
     run_dir = paths.local
     if not address:
         space.check_gpus(torch.cuda.device_count())
-    space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
     cfg = config_from_dict(space.base)
     arrays = load_data(cfg.data, cfg.task.task)  # read and decoded once, shared via the object store
 
@@ -204,6 +204,7 @@ def results_table(space: SearchSpace, grid):
     import pandas as pd
 
     s, rows = space.search, []
+    unfinished = resilience.unfinished_trials(grid)  # ids of trials an interruption left running or pending
     for result in grid:
         df = result.metrics_dataframe
         has = df is not None and len(df) and s.metric in df
@@ -211,10 +212,11 @@ def results_table(space: SearchSpace, grid):
         best_i = (values.idxmax() if s.mode == "max" else values.idxmin()) if values.notna().any() else None
         epochs = int(df["training_iteration"].max()) if has else 0
         reason = (result.metrics or {}).get(resilience.STOP_REASON) or ""  # non-finite loss: ended as failed
-        status = ("error" if result.error else "failed" if reason else
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        status = ("error" if result.error else "failed" if reason else "unfinished" if trial_id in unfinished else
                   "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
         rows.append({
-            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_"),
+            "trial_id": trial_id,
             "status": status,
             s.metric: float(values[best_i]) if best_i is not None else math.nan,
             "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
