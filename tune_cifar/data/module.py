@@ -49,14 +49,16 @@ def _as_tensor(a) -> torch.Tensor:
 class _Batches(torch.utils.data.Dataset):
     """Indexed by a list of indices: one tensor gather per batch instead of one per image."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None):
+        self.x, self.y, self.rows = x, y, rows  # rows: this split's rows of x/y (None: all of them)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.x) if self.rows is None else len(self.rows)
 
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx, device=self.x.device)
+        if self.rows is not None:
+            idx = self.rows[idx]
         return self.x[idx], self.y[idx]
 
 
@@ -85,6 +87,8 @@ class ImageDataModule(pl.LightningDataModule):
 
         def take(x, y, idx):
             idx_t = torch.as_tensor(idx, device=x.device)
+            if device.type == "cpu":  # index the shared arrays (e.g. Ray's object store): no copy per trial
+                return _Batches(x, y, idx_t)
             return _Batches(x[idx_t].to(device), y[idx_t].to(device))
 
         self._splits = {"train": take(x_train, y_train, train_idx), "test": take(x_test, y_test, test_idx)}
