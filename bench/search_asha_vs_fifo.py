@@ -1,7 +1,7 @@
 """ASHA + Optuna TPE vs FIFO + random search, same number of trials, on a real Fashion-MNIST subset.
 
-    python bench/search_asha_vs_fifo.py [--num-samples 16] [--epochs 9] [--images 2000] [--seed 0]
-                                      [--reduction-factor 3]
+    python bench/search_asha_vs_fifo.py [--num-samples 16] [--epochs 8] [--images 2000] [--seed 0]
+                                      [--reduction-factor 4]
 
 Both searches use the same space (optimizer, lr per optimizer, momentum, weight decay, batch size) for small_cnn,
 2 trials at a time with 1 CPU each, ``max_epochs`` epochs per trial at most. Reported per search:
@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore")
 
 
 def space_doc(images: int, num_samples: int, epochs: int, seed: int, asha: bool, storage: Path,
-              reduction_factor: int = 3) -> dict:
+              reduction_factor: int = 4) -> dict:
     return {
         "base": ["data=fashion_mnist", "model=small_cnn", f"data.train_subset={images}", "data.val_subset=2000",
                  "data.test_subset=2000", "optimizer.scheduler.name=cosine"],
@@ -53,10 +53,10 @@ def space_doc(images: int, num_samples: int, epochs: int, seed: int, asha: bool,
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=9)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA's reduction factor (grace period 1)")
+    p.add_argument("--reduction-factor", type=int, default=4, help="ASHA's reduction factor (grace period 1)")
     args = p.parse_args(argv)
 
     import pandas as pd

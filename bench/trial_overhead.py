@@ -102,7 +102,7 @@ def _children() -> dict[int, list[int]]:
 
 def tree_memory(root: int) -> dict:
     """Sum of RSS and PSS (MiB) over ``root`` and its descendants, and the worker processes' PSS."""
-    kids, todo, total = _children(), [root], {"rss": 0.0, "pss": 0.0, "workers": []}
+    kids, todo, total = _children(), [root], {"rss": 0.0, "pss": 0.0, "workers": [], "driver": {}}
     while todo:
         pid = todo.pop()
         todo.extend(kids.get(pid, []))
@@ -112,16 +112,20 @@ def tree_memory(root: int) -> dict:
         except OSError:
             continue
         fields = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in rollup[1:] if ln.split()[-1] == "kB"}
+        mem = {"rss": round(fields.get("Rss", 0)), "pss": round(fields.get("Pss", 0)),
+               "uss": round(fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))}
         total["rss"] += fields.get("Rss", 0)
         total["pss"] += fields.get("Pss", 0)
-        if "ray::" in cmd and "train_trial" in cmd:
-            total["workers"].append(round(fields.get("Pss", 0)))
+        if pid == root:
+            total["driver"] = mem
+        elif cmd.startswith("ray::") and "Agent" not in cmd and mem["rss"] > 300:  # trial workers (torch loaded)
+            total["workers"].append(mem)
     return total
 
 
 class PeakMemory:
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak = interval, {"rss": 0.0, "pss": 0.0, "workers": []}
+        self.interval, self.peak = interval, {"rss": 0.0, "pss": 0.0, "workers": [], "driver": {}}
         self._stop = threading.Event()
 
     def _run(self):
@@ -129,8 +133,8 @@ class PeakMemory:
             m = tree_memory(os.getpid())
             for k in ("rss", "pss"):
                 self.peak[k] = max(self.peak[k], m[k])
-            if len(m["workers"]) >= len(self.peak["workers"]):
-                self.peak["workers"] = m["workers"]
+            if m["pss"] >= self.peak["pss"]:
+                self.peak["workers"], self.peak["driver"] = m["workers"], m["driver"]
             time.sleep(self.interval)
 
     def __enter__(self):
@@ -141,6 +145,35 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def _uss_mib() -> float:
+    lines = Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]
+    fields = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in lines if ln.endswith("kB")}
+    return fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def _probe(arrays, cfg) -> dict:
+    from tune_cifar.data import ImageDataModule
+
+    before = _uss_mib()
+    checksum = int(arrays.train_x.sum(dtype="int64")) + int(arrays.test_x.sum(dtype="int64"))  # touch every page
+    touched = _uss_mib()
+    dm = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
+    dm.setup()
+    next(iter(dm.train_dataloader()))
+    return {"read_only_view": not arrays.train_x.flags.writeable, "checksum": checksum,
+            "read_all_uss_delta_mib": round(touched - before, 1),
+            "datamodule_setup_uss_delta_mib": round(_uss_mib() - touched, 1)}
+
+
+def zero_copy_probe(arrays, cfg) -> dict:
+    """In a Ray worker, as a trial receives it (``tune.with_parameters`` = one ``ray.put``): is the dataset
+    a read-only view of the object store, and how much private memory do reading all of it and
+    ImageDataModule.setup() add?"""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(_probe).remote(ray.put(arrays), cfg))
 
 
 def memory(tmp: Path, batches: int) -> dict:
@@ -158,7 +191,7 @@ def memory(tmp: Path, batches: int) -> dict:
         with PeakMemory() as peak:
             run_search(load_space(path))
         out[concurrent] = {"peak_rss_mib": round(peak.peak["rss"]), "peak_pss_mib": round(peak.peak["pss"]),
-                           "worker_pss_mib": peak.peak["workers"]}
+                           "at_peak_driver_mib": peak.peak["driver"], "at_peak_workers_mib": peak.peak["workers"]}
     return out
 
 
@@ -167,6 +200,7 @@ def main(argv=None) -> dict:
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--memory-batches", type=int, default=30)
+    p.add_argument("--only", choices=("speed", "memory"), help="run one of the two parts")
     args = p.parse_args(argv)
 
     import ray
@@ -185,22 +219,27 @@ def main(argv=None) -> dict:
     dataset_mib = (arrays.train_x.nbytes + arrays.test_x.nbytes) / 2**20
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    result: dict = {"images": args.images, "epochs": args.epochs, "threads": 2, "dataset_mib": round(dataset_mib, 1)}
     try:
-        tune_times = run_tune(space)
-        train_times = run_train(space, tmp / "train_run")
-        mem = memory(tmp, args.memory_batches)
+        if args.only != "memory":
+            tune_times = run_tune(space)
+            train_times = run_train(space, tmp / "train_run")
+            tune_ips = args.images / statistics.median(tune_times[1:])
+            train_ips = args.images / statistics.median(train_times[1:])
+            result.update(train_epoch_s=[round(t, 2) for t in train_times],
+                          tune_epoch_s=[round(t, 2) for t in tune_times],
+                          train_images_per_s=round(train_ips, 1), tune_images_per_s=round(tune_ips, 1),
+                          tune_over_train=round(tune_ips / train_ips, 3))
+        if args.only != "speed":
+            from tune_cifar.config import config_from_dict
+
+            mem = memory(tmp, args.memory_batches)
+            full = space.trial_dict({"optimizer.lr": 0.05})
+            full["data"]["train_subset"] = None  # the whole training split
+            result["zero_copy"] = zero_copy_probe(arrays, config_from_dict(full))
+            result.update(memory=mem, memory_2_minus_1_pss_mib=mem[2]["peak_pss_mib"] - mem[1]["peak_pss_mib"])
     finally:
         ray.shutdown()
-    tune_ips = args.images / statistics.median(tune_times[1:])
-    train_ips = args.images / statistics.median(train_times[1:])
-    result = {
-        "images": args.images, "epochs": args.epochs, "threads": 2,
-        "train_epoch_s": [round(t, 2) for t in train_times], "tune_epoch_s": [round(t, 2) for t in tune_times],
-        "train_images_per_s": round(train_ips, 1), "tune_images_per_s": round(tune_ips, 1),
-        "tune_over_train": round(tune_ips / train_ips, 3),
-        "dataset_mib": round(dataset_mib, 1), "memory": mem,
-        "memory_2_minus_1_pss_mib": mem[2]["peak_pss_mib"] - mem[1]["peak_pss_mib"],
-    }
     print(json.dumps(result, indent=2))
     return result
 
