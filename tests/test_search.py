@@ -61,8 +61,12 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(load_space(path))
+        # What tune.with_parameters hands a trial (one ray.put): a read-only view of the object store.
+        arrays = load_data(load_space(path).trial_config({}).data, "classification_multiclass")
+        shared = ray.get(ray.remote(lambda a: not a.train_x.flags.writeable).remote(ray.put(arrays)))
     finally:
         ray.shutdown()
+    assert shared
 
     import pandas as pd
 
