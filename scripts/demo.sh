@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m tune_cifar.search search_spaces/cpu_small.yaml "$@"
+.venv/bin/python -m tune_cifar.search search_spaces/cpu_small.yaml --new-name "$@"  # a re-run gets a new name
 .venv/bin/python -m tune_cifar.predict --best

@@ -262,12 +262,11 @@ def unfinished_trials(grid) -> set[str]:
 
 def interrupted(grid, s, elapsed_s: float) -> bool:
     """True when Tune stopped before the search was done (Ctrl-C, SIGTERM)."""
-    statuses = trial_statuses(grid)
     if unfinished_trials(grid):
         return True
     if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
-        return False
-    return len(statuses) < s.num_samples
+        return False  # the time budget ended it
+    return len(trial_statuses(grid)) < s.num_samples  # stopped before the searcher made every trial
 
 
 # --------------------------------------------------------------------------- Ray cluster
@@ -354,11 +353,11 @@ def describe_error(error) -> str:
     text = str(error).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else type(error).__name__
-    kinds = {type(e).__name__ for e in _chain(error)}
-    if "OutOfMemoryError" in kinds and "ResourceExhausted" not in last:
+    ray_kinds = {type(e).__name__ for e in _chain(error) if type(e).__module__.startswith("ray")}
+    if "OutOfMemoryError" in ray_kinds:
         return ("out of host memory (RAM): Ray's memory monitor killed the trial; lower "
                 "search.max_concurrent_trials or data.train_batch_size")[:300]
-    if kinds & {"ActorDiedError", "WorkerCrashedError", "ActorUnavailableError", "NodeDiedError"}:
+    if ray_kinds & {"ActorDiedError", "WorkerCrashedError", "ActorUnavailableError", "NodeDiedError"}:
         return f"the trial's process died (killed, out of memory, or its node was lost): {last}"[:300]
     return last[:300]
 
