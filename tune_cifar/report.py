@@ -84,7 +84,8 @@ def _axis(values: pd.Series, log: bool):
     if v.notna().sum() and numeric[v.notna()].notna().all() and v.dropna().map(lambda x: not isinstance(x, bool)).all():
         num = numeric.astype(float)
         t = np.log10(num.where(num > 0)) if log else num
-        lo, hi = np.nanmin(t.to_numpy()) if t.notna().any() else 0.0, np.nanmax(t.to_numpy()) if t.notna().any() else 1.0
+        finite = t.to_numpy(dtype=float)
+        lo, hi = (np.nanmin(finite), np.nanmax(finite)) if t.notna().any() else (0.0, 1.0)
         span = hi - lo or 1.0
         scaled = (t - lo) / span
         ticks = [0.0, 1.0]

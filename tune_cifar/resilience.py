@@ -130,7 +130,8 @@ def _search_runs(exp: str) -> list[str]:
 
 
 def _state(exp: str, run: str, local: Path) -> str:
-    return "finished" if (local / run / "best.json").is_file() or _exists(_join(exp, run, "best.json")) else "unfinished"
+    done = (local / run / "best.json").is_file() or _exists(_join(exp, run, "best.json"))
+    return "finished" if done else "unfinished"
 
 
 def local_root(s) -> Path:
@@ -150,7 +151,7 @@ def plan_run(space, resume: bool = False, new_name: bool = False) -> RunPaths:
     s = space.search
     if resume and new_name:
         raise UserError("--resume continues an existing experiment, --new-name starts a new one: give only one")
-    root, local = s.storage_path.rstrip("/") if is_uri(s.storage_path) else str(Path(s.storage_path).resolve()), local_root(s)
+    root, local = _storage_root(s), local_root(s)
     exp = _join(root, s.experiment)
     runs = _search_runs(exp)
     if resume:
@@ -174,10 +175,13 @@ def plan_run(space, resume: bool = False, new_name: bool = False) -> RunPaths:
     return RunPaths(s.experiment, name, exp, local / s.experiment / name)
 
 
+def _storage_root(s) -> str:
+    return s.storage_path.rstrip("/") if is_uri(s.storage_path) else str(Path(s.storage_path).resolve())
+
+
 def free_name(space) -> str:
     s = space.search
-    root = s.storage_path.rstrip("/") if is_uri(s.storage_path) else str(Path(s.storage_path).resolve())
-    local = local_root(s)
+    root, local = _storage_root(s), local_root(s)
     n = 2
     while _exists(_join(root, f"{s.experiment}_{n}")) or (local / f"{s.experiment}_{n}").exists():
         n += 1
@@ -280,6 +284,12 @@ def connect(address: str, timeout_s: float | None = None) -> None:
             os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
             or (Path.home() / ".ray" / "auth_token").is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does itself for address=auto
+    try:  # a token cached by an earlier ray.init in this process would hide RAY_AUTH_TOKEN's
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
     timeout_s = float(os.environ.get(CONNECT_TIMEOUT_ENV, timeout_s or 90))
     done = threading.Event()
 
@@ -297,8 +307,12 @@ def connect(address: str, timeout_s: float | None = None) -> None:
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        why = str(err.__cause__ or "").strip()
+        cause = f" ({why.splitlines()[0][:200]})" if why else ""
         raise UserError(f"--address {address}: cannot join the Ray cluster: "
-                        f"{str(err).strip().splitlines()[0][:300]}") from None
+                        f"{str(err).strip().splitlines()[0][:300]}{cause}; is it running (ray status --address "
+                        f"{address}), and does this machine have its token (RAY_AUTH_TOKEN or "
+                        f"~/.ray/auth_token)?") from None
     finally:
         done.set()
 
