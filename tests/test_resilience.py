@@ -371,12 +371,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _reset_ray_token_cache() -> None:
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @pytest.fixture
-def ray_head(monkeypatch):
+def ray_head():
     """A real local Ray head (``ray start --head --block``), stopped by signalling only its own processes."""
-    token = secrets.token_hex(32)
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters use token authentication
-    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters use token authentication
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
     log = open(Path(temp) / "head.log", "w")
@@ -402,6 +408,12 @@ def ray_head(monkeypatch):
             pass
         _kill_session(head, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _reset_ray_token_cache()  # later local Ray clusters use the default token again
 
 
 def test_search_on_an_existing_ray_cluster_with_uri_storage(tmp_path, data_root, ray_head, capsys):

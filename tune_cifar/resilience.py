@@ -270,7 +270,8 @@ def interrupted(grid, s, elapsed_s: float) -> bool:
         return True
     if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
         return False  # the time budget ended it
-    return len(trial_statuses(grid)) < s.num_samples  # stopped before the searcher made every trial
+    made = len(trial_statuses(grid)) or len(grid)
+    return made < s.num_samples  # stopped before the searcher made every trial
 
 
 # --------------------------------------------------------------------------- Ray cluster
