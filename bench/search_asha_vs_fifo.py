@@ -1,6 +1,6 @@
 """ASHA + Optuna TPE vs FIFO + random search, same number of trials, on a real Fashion-MNIST subset.
 
-    python bench/search_asha_vs_fifo.py [--num-samples 16] [--epochs 8] [--images 2000] [--seed 0]
+    python bench/search_asha_vs_fifo.py [--num-samples 24] [--epochs 8] [--images 2000] [--seed 0]
                                       [--reduction-factor 4]
 
 Both searches use the same space (optimizer, lr per optimizer, momentum, weight decay, batch size) for small_cnn,
@@ -52,7 +52,7 @@ def space_doc(images: int, num_samples: int, epochs: int, seed: int, asha: bool,
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--num-samples", type=int, default=24)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
