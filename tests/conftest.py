@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 os.environ.setdefault("TUNE_CIFAR_OFFLINE_PROBE_TIMEOUT", "2")
@@ -55,3 +56,24 @@ def tiny_cfg(cifar10_root, tmp_path):
         return load_config(tiny_overrides(cifar10_root, tmp_path / "outputs", *extra))
 
     return make
+
+
+def write_space(tmp_path: Path, data_root: Path, search: dict, points=None, searcher: str = "tpe",
+                name: str = "tiny.yaml") -> Path:
+    """A tiny search-space file over generated CIFAR data (tiny_cnn, optimizer and lr)."""
+    doc = {
+        "base": ["data=cifar10", f"data.dataset_path={data_root}", "data.download=false",
+                 "data.val_fraction=0.25", "data.train_batch_size=32", "data.inference_batch_size=128",
+                 "model=small_cnn", "model.model_name=tiny_cnn", "trainer.log_every_n_steps=1"],
+        "params": {
+            "optimizer.optimizer": {"choice": ["sgd", "adamw"]},
+            "optimizer.lr": {"loguniform": [1e-5, 0.05]},
+            "optimizer.momentum": {"uniform": [0.8, 0.95], "when": {"optimizer.optimizer": "sgd"}},
+        },
+        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), **search},
+    }
+    if points:
+        doc["search"]["searcher"] = {"name": searcher, "seed": 0, "points_to_evaluate": points}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

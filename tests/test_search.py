@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import write_space
 from tune_cifar.config import config_from_dict
 from tune_cifar.data import ImageDataModule, load_data
 from tune_cifar.export import find_best, read_export
@@ -30,22 +31,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def space_file(tmp_path: Path, data_root: Path, search: dict, points=None) -> Path:
-    doc = {
-        "base": ["data=cifar10", f"data.dataset_path={data_root}", "data.download=false",
-                 "data.val_fraction=0.25", "data.train_batch_size=32", "data.inference_batch_size=128",
-                 "model=small_cnn", "model.model_name=tiny_cnn", "trainer.log_every_n_steps=1"],
-        "params": {
-            "optimizer.optimizer": {"choice": ["sgd", "adamw"]},
-            "optimizer.lr": {"loguniform": [1e-5, 0.05]},
-            "optimizer.momentum": {"uniform": [0.8, 0.95], "when": {"optimizer.optimizer": "sgd"}},
-        },
-        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), **search},
-    }
-    if points:
-        doc["search"]["searcher"] = {"name": "tpe", "seed": 0, "points_to_evaluate": points}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return write_space(tmp_path, data_root, search, points)
 
 
 def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root):
