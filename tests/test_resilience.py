@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import write_space
 from tune_cifar.faults import TEST_FAULTS_ENV

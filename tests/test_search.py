@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import write_space
 from tune_cifar.config import config_from_dict
