@@ -61,6 +61,36 @@ def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
         run_trial(cfg, load_data(cfg.data, cfg.task.task), None, trial_callbacks({}))
 
 
+def test_worker_memory_counts_what_an_earlier_trial_left(tiny_cfg):
+    """A trial stopped the way Ray stops one (SystemExit from inside a report) leaves no model behind;
+    one still referenced is counted by the next trial's WorkerMemory and reported as memory/*."""
+    import pytorch_lightning as pl
+
+    from tune_cifar.data import load_data
+    from tune_cifar.trial import WorkerMemory, live_models, release_memory, run_trial
+
+    class StopAtReport(pl.Callback):  # what Ray's report does when ASHA stops the trial
+        def on_validation_end(self, trainer, pl_module):
+            sys.exit(0)
+
+    cfg = tiny_cfg("trainer.max_epochs=3")
+    arrays = load_data(cfg.data, cfg.task.task)
+    stopped = False
+    try:  # as train_trial does (pytest.raises would keep the traceback, and the model with it)
+        run_trial(cfg, arrays, None, [WorkerMemory(), StopAtReport()])
+    except SystemExit:
+        stopped = True
+    release_memory()
+    assert stopped and live_models() == 0
+
+    kept = run_trial(cfg, arrays, None, [WorkerMemory()])  # a trainer still referenced keeps its model
+    memory = WorkerMemory()
+    trainer = run_trial(cfg, arrays, None, [memory])
+    assert trainer.callback_metrics["memory/leftover_models"].item() == 1.0 == memory.leftover[
+        "memory/leftover_models"]
+    assert kept.lightning_module is not trainer.lightning_module
+
+
 def test_resource_errors_name_the_resource():
     import torch
 

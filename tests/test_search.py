@@ -33,6 +33,13 @@ def space_file(tmp_path: Path, data_root: Path, search: dict, points=None) -> Pa
     return write_space(tmp_path, data_root, search, points)
 
 
+def grid_results(out: dict) -> list:
+    """Each trial's reported rows (Ray's progress.csv) from a finished search."""
+    import pandas as pd
+
+    return [pd.read_csv(p) for p in Path(out["ray_dir"]).glob("trial_*/progress.csv")]
+
+
 def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root):
     import ray
 
@@ -62,6 +69,15 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     assert (table["epochs"] == 3).any() and not (table["status"] == "error").any()
     assert out["trial_epochs"] == table["epochs"].sum() < 12
     assert table["accuracy/val"].iloc[0] == table["accuracy/val"].max()  # sorted, best first
+
+    # Memory is released when a trial ends or ASHA stops it: Ray reuses worker processes, and a reused
+    # worker starts its next trial holding no model of the last one (on a GPU also: no allocated MiB).
+    pids, leftover = [], []
+    for result in grid_results(out):
+        pids.append(int(result["pid"].iloc[0]))
+        leftover.extend(result["memory/leftover_models"])
+    assert len(pids) == 4 and len(set(pids)) < len(pids)  # some trials ran in a reused worker
+    assert leftover and set(leftover) == {0.0}
 
     # The export: best trial at its best epoch, loadable without Ray, linked from outputs/best.
     export_dir = tmp_path / "outputs" / "tiny" / "best"

@@ -190,13 +190,11 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     return finish(space, grid, paths, arrays, interrupted=interrupted)
 
 
-def _plain(obj):
-    import dataclasses
-
-    return dataclasses.asdict(obj)
-
-
 # --------------------------------------------------------------------------- after the search
+
+
+PEAK_METRIC = "memory/cuda_peak_mb"  # reported by trial.WorkerMemory on a GPU
+PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
 
 
 def results_table(space: SearchSpace, grid):
@@ -222,11 +220,13 @@ def results_table(space: SearchSpace, grid):
             "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
             "epochs": epochs,
             "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
+            **({PEAK_GPU: round(float(df[PEAK_METRIC].max()), 1)} if has and PEAK_METRIC in df else {}),
             **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
                for k, v in space.values(result.config or {}).items()},
             "error": resilience.describe_error(result.error) if result.error else reason,
         })
-    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s",
+    peak = [PEAK_GPU] if any(PEAK_GPU in r for r in rows) else []  # trials on a GPU
+    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *peak,
                *(p.key for p in space.params), "error"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):

@@ -6,6 +6,8 @@ The driver passes the parsed space and the decoded dataset with ``tune.with_para
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from .data import ImageArrays
 from .faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .resilience import STOP_REASON
 from .space import SearchSpace
-from .trial import quiet, run_trial
+from .trial import WorkerMemory, quiet, release_memory, run_trial
 
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 
@@ -34,19 +36,34 @@ def checkpoint_file(directory: str | Path) -> Path:
 def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     """Ray's entry point for one trial; ``config`` is what the Optuna searcher suggested."""
     quiet("ray.train", "ray.tune")
+    # Ray reuses this process for a later trial only if this one's thread ends within this many seconds
+    # of being stopped, else that later trial fails; Lightning's teardown and freeing GPU memory can
+    # take longer than Ray's default 2 s. Read by Ray in this process when it reuses it.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     values = space.values(config)
     cfg = space.trial_config(values)
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
-    report = TuneReportCheckpointCallback(metrics=reported_metrics(cfg), filename=CHECKPOINT_FILE,
-                                          on="validation_end")
-    callbacks = [report, *trial_callbacks(values, tune.get_context().get_trial_id())]
-    checkpoint = tune.get_checkpoint()
+    memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
+    metrics = [*reported_metrics(cfg), *(m for m in WorkerMemory.METRICS if "cuda" not in m or memory.cuda)]
+    report = TuneReportCheckpointCallback(metrics=metrics, filename=CHECKPOINT_FILE, on="validation_end")
+    callbacks = [memory, report, *trial_callbacks(values, tune.get_context().get_trial_id())]
+    stopped, exit_code = False, None
     try:
-        with resource_errors():
-            if checkpoint is None:
-                run_trial(cfg, arrays, None, callbacks)
-                return
-            with checkpoint.as_directory() as directory:  # a retried trial resumes where it stopped
-                run_trial(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
+        _fit(cfg, arrays, callbacks)
     except NonFiniteLoss as err:  # end the trial as failed, with its reason; not retried (it would repeat)
         tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: str(err)})
+    except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
+        stopped, exit_code = True, stop.code
+    release_memory()  # out of the except blocks, so no traceback holds the trial's frames any more
+    if stopped:
+        sys.exit(exit_code)
+
+
+def _fit(cfg: Config, arrays: ImageArrays, callbacks: list) -> None:
+    checkpoint = tune.get_checkpoint()
+    with resource_errors():
+        if checkpoint is None:
+            run_trial(cfg, arrays, None, callbacks)
+            return
+        with checkpoint.as_directory() as directory:  # a retried trial resumes where it stopped
+            run_trial(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))

@@ -6,6 +6,7 @@ Builds the datamodule, system and trainer with ``tune_cifar.train``'s own functi
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,7 @@ import torch
 
 from .config import Config
 from .data import ImageArrays, ImageDataModule
-from .system import load_system
+from .system import ClassificationSystem, load_system
 from .train import build_system, build_trainer
 
 
@@ -36,6 +37,44 @@ def run_trial(cfg: Config, arrays: ImageArrays, out_dir: Path | None, callbacks:
                             enable_model_summary=False)
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     return trainer
+
+
+def live_models() -> int:
+    """ClassificationSystems alive in this process (a reused Ray worker should start a trial with none)."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), ClassificationSystem))
+
+
+def release_memory() -> None:
+    """After a trial: drop its garbage and give cached GPU memory back to the card (other trials share it)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class WorkerMemory(pl.Callback):
+    """Logs what this process held before the trial was built (an earlier trial's leftovers in a reused
+    Ray worker: models, and on a GPU allocated MiB) and, on a GPU, the trial's peak allocated MiB.
+
+    Create it before the trial's model. Its values are ``memory/*`` metrics, reported like any other.
+    """
+
+    METRICS = ("memory/leftover_models", "memory/leftover_cuda_mb", "memory/cuda_peak_mb")
+
+    def __init__(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        self.leftover = {"memory/leftover_models": float(live_models())}
+        if self.cuda:
+            self.leftover["memory/leftover_cuda_mb"] = torch.cuda.memory_allocated() / 2 ** 20
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = dict(self.leftover)
+        if self.cuda:
+            values["memory/cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        pl_module.log_dict(values)
 
 
 def val_metrics(trainer: pl.Trainer) -> dict:
