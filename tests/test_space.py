@@ -231,7 +231,9 @@ def test_bad_yaml_and_overrides(tmp_path):
 def test_gpu_requested_without_gpu(tmp_path):
     space = load_space(write(tmp_path, {"optimizer.lr": {"uniform": [0.01, 0.1]}},
                              search={"resources": {"gpu": 0.5}}))
-    assert space.trial_config({}).trainer.accelerator == "gpu"
+    t = space.trial_config({}).trainer
+    assert (t.accelerator, t.devices, t.precision) == ("gpu", 1, "auto")  # each trial's Lightning: one GPU
+    assert space.search.resources.for_ray() == {"cpu": 1.0, "gpu": 0.5}  # two trials share a card
     with pytest.raises(UserError, match=r"search.resources.gpu=0.5 but this machine has no GPU; allowed: 0"):
         space.check_gpus(0)
     space.check_gpus(1)

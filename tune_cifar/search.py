@@ -144,7 +144,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             space.check_gpus(ray.cluster_resources().get("GPU", 0), "the Ray cluster")
         resilience.check_resources(s, f"the Ray cluster at {address}" if address else "this machine")
         trainable = tune.with_resources(tune.with_parameters(train_trial, space=space, arrays=arrays),
-                                        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+                                        s.resources.for_ray())
         if paths.resume:
             print(f"resuming {paths.ray_dir}", flush=True)
             tuner = tune.Tuner.restore(paths.ray_dir, trainable, resume_unfinished=True, resume_errored=False,

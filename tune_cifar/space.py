@@ -286,6 +286,10 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0  # fractions share a GPU between trials (each trial still uses devices=1)
 
+    def for_ray(self) -> dict:
+        """What ``tune.with_resources`` reserves per trial: 0.5 GPU packs two trials on a card."""
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
 
 @dataclass
 class Scheduler:
