@@ -39,7 +39,8 @@ def cli_entry(func: F) -> F:
             if module == "__main__":  # run as python -m tune_cifar.<prog>
                 spec = getattr(sys.modules.get("__main__"), "__spec__", None)
                 module = getattr(spec, "name", None) or module
-            prog = module.rsplit(".", 1)[-1]
+            parts = module.split(".")  # tune_cifar.<prog>, or tune_cifar.<prog>.<module> of a package
+            prog = parts[1] if parts[0] == "tune_cifar" and len(parts) > 1 else parts[-1]
             print(f"tune_cifar.{prog}: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:

@@ -1,0 +1,199 @@
+"""Dataset evaluation: the model's test split scored (metrics.json) and predicted (predictions.csv)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# torchmetrics and Lightning (through tune_cifar.system) are imported after inference, to compute
+# the metrics of a dataset evaluation, and never for --images / --to.
+from ..config import Config, TaskConfig, _build, config_from_dict
+from ..errors import UserError
+from .clock import Clock
+from .inference import (class_probs, decide, effective_threshold, infer, label_text, probabilities,
+                        top_k_cells, top_k_header)
+from .loading import Loaded
+from .network import _preview
+from .output import PRINT_ROWS, make_out_dir
+
+
+def load_test_split(cfg: Config, loaded: Loaded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test split exactly as training made it (row numbers, uint8 images, labels), checked
+    against the model. Lightning-free: the split comes from ``data.splits`` like the DataModule's."""
+    from ..data.sources import group_labels, load_source
+    from ..data.splits import split_indices
+
+    d = cfg.data
+    arrays = load_source(d.name, d.dataset_path, download=d.download, cifar100_labels=d.cifar100_labels,
+                         image_size=d.image_size, labels_csv=d.labels_csv)
+    if d.label_groups:
+        arrays = group_labels(arrays, d.label_groups)
+    where = f"{d.name} at {d.dataset_path or 'its default folder'}"
+    model_classes = loaded.classes
+    if arrays.num_classes != len(model_classes):
+        raise UserError(f"class-count mismatch: the model has {len(model_classes)} classes ({_preview(model_classes)}) "
+                        f"but {where} has {arrays.num_classes} ({_preview(arrays.classes)}); evaluate it on data "
+                        f"with its classes (--data-path, data.* overrides)")
+    if list(arrays.classes) != model_classes:
+        raise UserError(f"class mismatch: the model's classes are {_preview(model_classes)} but {where} has "
+                        f"{_preview(arrays.classes)}")
+    if arrays.multilabel != (loaded.kind == "multilabel"):
+        raise UserError(f"{where} has {'multi-hot' if arrays.multilabel else 'single-class'} labels but the "
+                        f"model is {loaded.kind}")
+    if arrays.in_chans != loaded.in_chans:
+        raise UserError(f"{where} has {arrays.in_chans}-channel images but the model takes {loaded.in_chans}")
+    if arrays.image_size != loaded.image_size:
+        h, w = loaded.image_size
+        hint = f"; set data.image_size={h}" if h == w else ""
+        raise UserError(f"{where} has {arrays.image_size[0]}x{arrays.image_size[1]} images but the model "
+                        f"was trained on {h}x{w}{hint}")
+    ids = split_indices(len(arrays.train_x), len(arrays.test_x), d, cfg.run.seed)["test"]
+    if len(ids) == 0:
+        raise UserError(f"{where} has no test images")
+    return ids, arrays.test_x, arrays.test_y
+
+
+def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: Config,
+                    threshold: float | None) -> dict:
+    """Accuracy, per-class accuracy, confusion matrix and the task's metrics (torchmetrics)."""
+    import torch.nn.functional as F
+    from torchmetrics.classification import (BinaryConfusionMatrix, MulticlassConfusionMatrix,
+                                             MultilabelConfusionMatrix)
+
+    from ..system import build_metric
+
+    kind, classes = loaded.kind, loaded.classes
+    n = len(classes)
+    probs = probabilities(logits, kind)
+    target = y.long()
+    task = _build(TaskConfig, dict(loaded.hparams["task"]), "task")
+    if threshold is not None:
+        task = dataclasses.replace(task, threshold=threshold)
+    out: dict = {}
+    if kind == "multilabel":
+        cm = MultilabelConfusionMatrix(num_labels=n, threshold=threshold)(probs, target)  # [K, 2, 2]
+        per_class = ((cm[:, 0, 0] + cm[:, 1, 1]).double() / len(y)).tolist()
+        hits = decide(probs, kind, threshold) == target
+        out["accuracy"] = float(np.mean(per_class))  # mean label-wise accuracy, as the task's accuracy
+        out["exact_match"] = float(hits.all(dim=1).double().mean())
+        out["per_class_accuracy"] = dict(zip(classes, per_class))
+        out["confusion_matrix"] = {
+            "classes": classes, "layout": "per class [[true negatives, false positives], "
+                                          "[false negatives, true positives]]",
+            "matrix": cm.tolist()}
+        loss = F.binary_cross_entropy_with_logits(logits, y.float())
+    else:
+        if kind == "multiclass":
+            cm = MulticlassConfusionMatrix(num_classes=n)(probs, target)
+            loss = F.cross_entropy(logits, target, label_smoothing=task.label_smoothing)
+        else:
+            cm = BinaryConfusionMatrix(threshold=threshold)(probs, target)
+            loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float())
+        support = cm.sum(dim=1)
+        out["accuracy"] = float(cm.diagonal().sum() / cm.sum())
+        out["per_class_accuracy"] = {c: (float(cm[i, i] / support[i]) if support[i] else None)
+                                     for i, c in enumerate(classes)}
+        out["support"] = dict(zip(classes, support.tolist()))
+        out["confusion_matrix"] = {"classes": classes, "layout": "rows: true class, columns: predicted class",
+                                   "matrix": cm.tolist()}
+    task_metrics = {"loss/test": float(loss)}
+    for name, kwargs in cfg.optimizer.metrics.items():
+        metric = build_metric(name, kwargs, task, n)
+        metric.update(probs, target)
+        task_metrics[f"{name}/test"] = float(metric.compute())
+    out["metrics"] = task_metrics
+    return out
+
+
+def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torch.device, clock: Clock) -> dict:
+    threshold = effective_threshold(args, cfg, loaded.kind)
+    ids, test_x, test_y = load_test_split(cfg, loaded)
+    size = cfg.data.inference_batch_size
+    pin = device.type == "cuda"
+
+    def images():
+        for start in range(0, len(ids), size):
+            x = torch.from_numpy(test_x[ids[start: start + size]])
+            yield x.pin_memory() if pin else x
+
+    logits = torch.cat(list(infer(loaded.net, images(), device, cfg.trainer.precision, clock)))
+    y = torch.from_numpy(test_y[ids])
+    out_dir = make_out_dir(args, loaded)
+    result = compute_metrics(logits, y, loaded, cfg, threshold)
+    d = cfg.data
+    summary = {
+        "source": {"kind": loaded.source_kind, "path": str(loaded.source), "model": loaded.model_name},
+        "data": {"name": d.name, "path": d.dataset_path, "split": "test", "samples": len(y),
+                 "test_subset": d.test_subset, "seed": cfg.run.seed},
+        "task": loaded.kind, "threshold": threshold, "device": str(device),
+        **result,
+        "reported": loaded.reported,
+        "reported_on_this_split": bool(loaded.reported) and same_split(loaded, cfg),
+        "timing": clock.as_dict(),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_dataset_predictions(out_dir / "predictions.csv", ids, logits, y, loaded, threshold, args.top_k)
+    print_evaluation(summary, out_dir)
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def same_split(loaded: Loaded, cfg: Config) -> bool:
+    """Whether ``cfg`` selects the same test images as the config the model was trained with."""
+    if loaded.config is None:
+        return False
+    ignore = ("train_batch_size", "inference_batch_size", "num_workers", "on_device", "augment")
+
+    def key(c: Config) -> tuple:
+        return {k: v for k, v in dataclasses.asdict(c.data).items() if k not in ignore}, c.run.seed
+
+    return key(config_from_dict(loaded.config)) == key(cfg)
+
+
+def write_dataset_predictions(path: Path, ids: np.ndarray, logits: torch.Tensor, y: torch.Tensor,
+                              loaded: Loaded, threshold: float | None, top_k: int) -> None:
+    kind, classes = loaded.kind, loaded.classes
+    probs = probabilities(logits, kind)
+    preds = decide(probs, kind, threshold)
+    per_class = class_probs(probs, kind)
+    k = min(top_k, len(classes))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sample", "true", "predicted", "correct", *top_k_header(k)])
+        for i in range(len(y)):
+            truth, pred = label_text(y[i].long(), kind, classes), label_text(preds[i], kind, classes)
+            writer.writerow([int(ids[i]), truth, pred, int(truth == pred), *top_k_cells(per_class[i], k, classes)])
+
+
+def print_evaluation(s: dict, out_dir: Path) -> None:
+    d = s["data"]
+    print(f"model: {s['source']['path']} ({s['source']['model']}, {s['task']}"
+          f"{'' if s['threshold'] is None else ', threshold ' + format(s['threshold'], 'g')})")
+    print(f"data: {d['name']} test split, {d['samples']} images, on {s['device']}")
+    reported = s["reported"].get("accuracy/test")
+    tail = ""
+    if reported is not None:
+        tail = (f" (recorded with the model: {reported:.4f})" if s["reported_on_this_split"]
+                else f" (the model's recorded {reported:.4f} was measured on another split)")
+    print(f"accuracy: {s['accuracy']:.4f}{tail}")
+    if "exact_match" in s:
+        print(f"exact match (all labels right): {s['exact_match']:.4f}")
+    print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in s["metrics"].items()))
+    per_class = s["per_class_accuracy"]
+    if len(per_class) <= PRINT_ROWS:
+        print("per-class accuracy: " + ", ".join(
+            f"{c} {'n/a' if v is None else format(v, '.3f')}" for c, v in per_class.items()))
+        cm = s["confusion_matrix"]
+        if s["task"] != "multilabel":
+            width = max(5, *(len(c) for c in cm["classes"]))
+            print("confusion matrix (rows: true, columns: predicted):")
+            print(" " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in cm["classes"]))
+            for c, row in zip(cm["classes"], cm["matrix"]):
+                print(f"{c[:width]:>{width}} " + " ".join(f"{v:>{width}}" for v in row))
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.csv'}")

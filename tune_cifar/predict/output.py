@@ -1,0 +1,34 @@
+"""Where results go (the output folder) and the warnings printed on the way."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .loading import Loaded
+
+PRINT_ROWS = 20  # at most this many image predictions / confusion-matrix classes are printed
+
+
+def make_out_dir(args: argparse.Namespace, loaded: Loaded) -> Path:
+    if args.out:
+        out = Path(args.out)
+    else:
+        parent = loaded.home / "predict"
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        out, n = parent / stamp, 1
+        while out.exists():
+            n += 1
+            out = parent / f"{stamp}_{n}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the output folder {out} ({err.strerror}); pass --out DIR") from None
+    return out
+
+
+def warn(message: str) -> None:
+    print(f"tune_cifar.predict: warning: {message}", file=sys.stderr)

@@ -1,0 +1,49 @@
+"""The config a model is used with: its training config, changed by the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from ..config import Config, config_from_dict, set_dotted
+from ..errors import UserError
+from .loading import Loaded
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or key[0] in "+~" or " " in key:
+        raise UserError(f"override {item!r} must look like key=value, e.g. data.test_subset=null")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def make_config(loaded: Loaded, args: argparse.Namespace) -> Config:
+    """The model's training config, changed by --data-path, --batch-size and key=value overrides."""
+    if loaded.config is not None:
+        data = loaded.config
+    else:  # a checkpoint without its run folder: defaults, the dataset and task from the checkpoint
+        data = Config().to_dict()
+        data["data"].update(name=loaded.hparams["input_spec"].get("dataset") or "cifar10",
+                            num_classes=len(loaded.classes), dataset_path="")
+        data["task"] = dict(loaded.hparams["task"])
+        data["optimizer"]["metrics"] = dict(loaded.hparams.get("optimizer", {}).get("metrics") or {"accuracy": {}})
+    data = json.loads(json.dumps(data))  # deep copy
+    pairs = [parse_override(item) for item in args.overrides]
+    if args.data_path is not None:
+        pairs.insert(0, ("data.dataset_path", args.data_path))
+    if args.batch_size is not None:
+        pairs.insert(0, ("data.inference_batch_size", args.batch_size))
+    for key, value in pairs:
+        section = data.get(key) if "." not in key else None
+        if isinstance(section, dict) and not isinstance(value, dict):
+            raise UserError(f"override {key}={value}: config groups cannot be swapped here; set keys instead, "
+                            f"e.g. data.name=cifar100 data.num_classes=100 data.dataset_path=DIR")
+        set_dotted(data, key, value)
+    return config_from_dict(data)
