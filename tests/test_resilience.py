@@ -111,6 +111,8 @@ def test_resource_errors_name_the_resource():
     assert describe_error(OutOfMemoryError("Task was killed due to the node running low on memory.\nMemory on "
                                            "the node was 15.1GB / 16GB")).startswith("out of host memory (RAM)")
     assert describe_error(RuntimeError("Traceback ...\n  x\nValueError: bad thing")) == "ValueError: bad thing"
+    text = "Failure # 1 (occurred at 2026-11-27_07-55-13)\nTrainable runner reuse requires reset_config()\n"
+    assert describe_error(text) == "Trainable runner reuse requires reset_config()"  # Ray's error as text
 
 
 def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, data_root, capsys):

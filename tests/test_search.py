@@ -40,8 +40,14 @@ def grid_results(out: dict) -> list:
     return [pd.read_csv(p) for p in Path(out["ray_dir"]).glob("trial_*/progress.csv")]
 
 
-def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root):
+def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root, monkeypatch):
     import ray
+
+    from tune_cifar.faults import TEST_FAULTS_ENV
+
+    # Every stopped trial's teardown takes 3 s, longer than Ray waits by default (2 s) before it gives
+    # up reusing the process and fails the next trial; the search must still have no error.
+    monkeypatch.setenv(TEST_FAULTS_ENV, json.dumps([{"when": {}, "fault": "slow_stop", "seconds": 3}]))
 
     from tune_cifar.search import run_search
     from tune_cifar.space import load_space

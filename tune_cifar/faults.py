@@ -12,7 +12,8 @@ Used inside a trial (the Ray trainable); no Ray import here.
   at the start of epoch ``epoch`` (1-based, default 1) of a trial whose sampled values match
   ``when``, ``fault`` happens: ``raise`` (an exception), ``nan`` (weights set to NaN, so the loss
   becomes NaN), ``oom`` (a CUDA out-of-memory error), ``exit`` (the trial's process dies, as if
-  killed), ``sleep`` (``seconds``, default 3600: a hung trial). ``times`` (default: always)
+  killed), ``sleep`` (``seconds``, default 3600: a hung trial), ``slow_stop`` (when the scheduler
+  stops the trial, its teardown takes ``seconds``, default 5, as a big model's can on a GPU). ``times`` (default: always)
   limits it to the first N attempts of the trial, counted with marker files in
   ``<state_dir>/<trial id>/`` (``state_dir`` default: ``<tmp>/tune_cifar_faults``).
 """
@@ -32,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 
 TEST_FAULTS_ENV = "TUNE_CIFAR_TEST_FAULTS"
-FAULTS = ("raise", "nan", "oom", "exit", "sleep")
+FAULTS = ("raise", "nan", "oom", "exit", "sleep", "slow_stop")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -113,9 +114,13 @@ class FaultInjection(pl.Callback):
             return 0
         return len(list(self.marker_dir.glob(".test_fault_*")))
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self.rule.get("fault") == "slow_stop" and isinstance(exception, SystemExit):  # Ray's stop
+            time.sleep(float(self.rule.get("seconds", 5)))
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         rule = self.rule
-        if trainer.current_epoch + 1 != int(rule.get("epoch", 1)):
+        if rule.get("fault") == "slow_stop" or trainer.current_epoch + 1 != int(rule.get("epoch", 1)):
             return
         times = rule.get("times")
         if times is not None:

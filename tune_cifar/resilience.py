@@ -378,8 +378,9 @@ def describe_error(error) -> str:
 
 
 def _chain(error):
+    """The error and its causes; Ray sometimes gives a trial's error as text only (no chain)."""
     seen = []
-    while error is not None and error not in seen:
+    while isinstance(error, BaseException) and error not in seen:
         seen.append(error)
         error = getattr(error, "cause", None) or error.__cause__
     return seen
