@@ -44,7 +44,10 @@ def test_overrides_and_group_switches():
     (["data.train_batch_size=-8"], "data.train_batch_size"),
     (["optimizer.optimizer=lamb"], "adamw"),
     (["task.task=regression"], "classification_multiclass"),
-    (["model=unknown_model"], "model/unknown_model"),
+    (["model=unknown_model"], "model=unknown_model: no "),
+    (["model=unknown_model"], "model/unknown_model.yaml; allowed: resnet18, small_cnn, tv_resnet18"),
+    (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; allowed: lr, metrics, momentum,"),  # no + needed
+    (["bogus=1"], "unknown key bogus; allowed: data, model, optimizer, run, task, trainer"),
     (["trainer.accelerator=tpu"], "trainer.accelerator"),
     (["+data.bogus=1"], "data.bogus"),
     (["trainer.precision=8"], "trainer.precision"),
@@ -56,7 +59,7 @@ def test_bad_values_are_one_line_user_errors(override, needle):
     with pytest.raises(UserError) as err:
         load_config(override)
     msg = str(err.value)
-    assert needle in msg and "\n" not in msg
+    assert needle in msg and "\n" not in msg and "search path" not in msg
 
 
 def test_config_from_dict_round_trip_and_set_dotted():

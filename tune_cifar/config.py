@@ -6,6 +6,7 @@ Inside the package, code takes these dataclasses, never raw dicts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -270,22 +271,46 @@ def config_from_dict(data: dict) -> Config:
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None,
             config_name: str = "config"):
-    """Compose the Hydra config with CLI-style overrides; errors become one-line UserErrors."""
+    """Compose the Hydra config with CLI-style overrides; errors become one-line UserErrors.
+
+    Callers validate the result with ``config_from_dict`` (unknown keys are refused there)."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     config_dir = Path(config_dir or CONFIG_DIR).resolve()
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise UserError(f"config: {config_dir / (config_name + '.yaml')} not found")
-    GlobalHydra.instance().clear()
+    overrides = list(overrides)
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        while True:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+                try:
+                    return hydra_compose(config_name=config_name, overrides=overrides)
+                except HydraException as err:
+                    # A key the YAML lacks: add it (as +key=value would), so that the typed config
+                    # names it and the allowed keys (config_from_dict), or a free dict takes it.
+                    unknown = re.match(r"Could not override '([^']+)'", str(err))
+                    i = next((i for i, o in enumerate(overrides) if unknown and o.startswith(unknown[1] + "=")), None)
+                    if i is None:
+                        raise
+                    overrides[i] = "+" + overrides[i]
+    except MissingConfigException as err:  # e.g. model=nope: name the group's choices
+        group, _, name = (err.missing_cfg_file or "").rpartition("/")
+        if group and err.options:
+            raise UserError(f"config override {group}={name}: no {config_dir / group / name}.yaml; "
+                            f"allowed: {', '.join(sorted(err.options))}") from None
+        raise UserError(f"config override: {_one_line(err)}") from None
     except (HydraException, OmegaConfBaseException) as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        raise UserError(f"config override: {' '.join(lines) or type(err).__name__}") from None
+        raise UserError(f"config override: {_one_line(err)}") from None
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's message without its 'Config search path' listing."""
+    text = " ".join(ln.strip() for ln in str(err).split("Config search path:")[0].splitlines() if ln.strip())
+    return text or type(err).__name__
 
 
 def to_plain(cfg) -> dict:
