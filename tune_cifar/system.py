@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,9 +116,12 @@ def lr_factor(step: int, total: int, warmup: int, sched: SchedulerConfig, steps_
 class ClassificationSystem(pl.LightningModule):
     """Classifier over a registry model; takes uint8 batches and normalises them itself."""
 
+    alive: "weakref.WeakSet[ClassificationSystem]" = weakref.WeakSet()  # not yet freed (see trial.live_models)
+
     def __init__(self, model_spec: ModelSpec, task: TaskConfig, optimizer: OptimizerConfig,
                  input_spec: InputSpec, channels_last: bool = False):
         super().__init__()
+        ClassificationSystem.alive.add(self)
         self.save_hyperparameters({
             "model_spec": model_spec.to_dict(),
             "task": dataclasses.asdict(task),

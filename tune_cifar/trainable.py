@@ -43,27 +43,30 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     values = space.values(config)
     cfg = space.trial_config(values)
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
-    memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
-    metrics = [*reported_metrics(cfg), *(m for m in WorkerMemory.METRICS if "cuda" not in m or memory.cuda)]
-    report = TuneReportCheckpointCallback(metrics=metrics, filename=CHECKPOINT_FILE, on="validation_end")
-    callbacks = [memory, report, *trial_callbacks(values, tune.get_context().get_trial_id())]
     stopped, exit_code = False, None
     try:
-        _fit(cfg, arrays, callbacks)
+        _fit(cfg, arrays, values)
     except NonFiniteLoss as err:  # end the trial as failed, with its reason; not retried (it would repeat)
         tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: str(err)})
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
         stopped, exit_code = True, stop.code
-    release_memory()  # out of the except blocks, so no traceback holds the trial's frames any more
+    # Here no frame or traceback holds the trial any more (Lightning's callbacks hold the model too, via
+    # their log methods: they live in _fit), so its model, optimizer state and on-device data can go.
+    release_memory()
     if stopped:
         sys.exit(exit_code)
 
 
-def _fit(cfg: Config, arrays: ImageArrays, callbacks: list) -> None:
+def _fit(cfg: Config, arrays: ImageArrays, values: dict) -> None:
+    """One Lightning fit reporting each validation epoch; a retried trial resumes from its checkpoint."""
+    memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
+    metrics = [*reported_metrics(cfg), *(m for m in WorkerMemory.METRICS if "cuda" not in m or memory.cuda)]
+    report = TuneReportCheckpointCallback(metrics=metrics, filename=CHECKPOINT_FILE, on="validation_end")
+    callbacks = [memory, report, *trial_callbacks(values, tune.get_context().get_trial_id())]
     checkpoint = tune.get_checkpoint()
     with resource_errors():
         if checkpoint is None:
             run_trial(cfg, arrays, None, callbacks)
             return
-        with checkpoint.as_directory() as directory:  # a retried trial resumes where it stopped
+        with checkpoint.as_directory() as directory:
             run_trial(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
