@@ -196,13 +196,36 @@ def memory(tmp: Path, batches: int) -> dict:
     return out
 
 
+def release_cost(space, arrays, trials: int) -> dict:
+    """Time trial.release_memory() (gc + CUDA cache) after each of ``trials`` short trials, as a Ray
+    worker runs it at every trial's end, in this process (torch, Lightning and Ray imported)."""
+    import gc
+
+    from tune_cifar.trial import live_models, release_memory, run_trial
+
+    cfg = space.trial_config({"optimizer.lr": 0.05})
+    cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches, cfg.trainer.max_epochs = 5, 2, 1
+    times, fit_times = [], []
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        run_trial(cfg, arrays, None)
+        t1 = time.perf_counter()
+        release_memory()
+        times.append(time.perf_counter() - t1)
+        fit_times.append(t1 - t0)
+    return {"trials": trials, "release_ms_median": round(1000 * statistics.median(times)),
+            "release_ms": [round(1000 * t) for t in times], "short_fit_s_median": round(statistics.median(fit_times), 2),
+            "gc_objects": len(gc.get_objects()), "live_models_after": live_models(collect=False)}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--memory-batches", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2, help="speed: Tune and train runs, alternately")
-    p.add_argument("--only", choices=("speed", "memory"), help="run one of the two parts")
+    p.add_argument("--only", choices=("speed", "memory", "release"), help="run one part")
+    p.add_argument("--release-trials", type=int, default=5)
     args = p.parse_args(argv)
 
     import ray
@@ -223,7 +246,7 @@ def main(argv=None) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     result: dict = {"images": args.images, "epochs": args.epochs, "threads": 2, "dataset_mib": round(dataset_mib, 1)}
     try:
-        if args.only != "memory":
+        if args.only in (None, "speed"):
             tune_times, train_times = [], []
             for r in range(args.rounds):  # alternate, so that background load hits both alike
                 space.search.experiment = f"speed{r}"
@@ -235,7 +258,9 @@ def main(argv=None) -> dict:
                           tune_epoch_s=[round(t, 2) for t in tune_times],
                           train_images_per_s=round(train_ips, 1), tune_images_per_s=round(tune_ips, 1),
                           tune_over_train=round(tune_ips / train_ips, 3))
-        if args.only != "speed":
+        if args.only in (None, "release"):
+            result["release"] = release_cost(space, arrays, args.release_trials)
+        if args.only in (None, "memory"):
             from tune_cifar.config import config_from_dict
 
             mem = memory(tmp, args.memory_batches)
