@@ -43,11 +43,11 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     values = space.values(config)
     cfg = space.trial_config(values)
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
-    stopped, exit_code = False, None
+    failure, stopped, exit_code = None, False, None
     try:
         _fit(cfg, arrays, values)
-    except NonFiniteLoss as err:  # end the trial as failed, with its reason; not retried (it would repeat)
-        tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: str(err)})
+    except NonFiniteLoss as err:
+        failure = str(err)
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
         stopped, exit_code = True, stop.code
     # Here no frame or traceback holds the trial any more (Lightning's callbacks hold the model too, via
@@ -55,6 +55,8 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     release_memory()
     if stopped:
         sys.exit(exit_code)
+    if failure:  # end the trial as failed, with its reason; not retried (it would repeat)
+        tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: failure})
 
 
 def _fit(cfg: Config, arrays: ImageArrays, values: dict) -> None:
