@@ -96,6 +96,7 @@ def test_bad_input_exits_2_with_one_line(cifar10_root, tmp_path, capsys, extra, 
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("config.yaml"))  # a failed start leaves no run folder behind
 
 
 def test_corrupted_checkpoint_is_refused(cifar10_root, tmp_path, capsys):

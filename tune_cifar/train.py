@@ -163,12 +163,10 @@ def _scalars(metrics: dict) -> dict:
 def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = None) -> dict:
     """Train (or evaluate) one configuration; returns metrics and output paths."""
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    resolve_precision(cfg.trainer)  # a bad precision/accelerator fails here, before anything is written
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)
-    out_dir = out_dir or new_output_dir(cfg)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
-    result: dict = {"output_dir": str(out_dir)}
-
+    ckpt_path = None
     if cfg.run.predict:
         if not cfg.run.checkpoint_path:
             raise UserError("config: run.predict=true needs run.checkpoint_path=<file.ckpt>")
@@ -176,11 +174,8 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
         if len(system.input_spec.classes) != len(arrays.classes):
             raise UserError(f"checkpoint {cfg.run.checkpoint_path} has {len(system.input_spec.classes)} "
                             f"classes but {cfg.data.name} has {len(arrays.classes)}")
-        trainer = build_trainer(cfg, out_dir, checkpointing=False)
-        result["test"] = _scalars(trainer.test(system, datamodule=datamodule, verbose=False)[0])
     else:
         system = build_system(cfg, arrays)
-        ckpt_path = None
         if cfg.run.checkpoint_path:
             if cfg.run.resume:
                 read_checkpoint(cfg.run.checkpoint_path)  # clear error before Lightning sees it
@@ -188,6 +183,15 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
             else:
                 skipped = transfer_weights(system, cfg.run.checkpoint_path)
                 log.info("transfer learning: kept fresh weights for %s", ", ".join(skipped) or "nothing")
+
+    # Config, data and model are checked: only now the run folder (a failed start leaves none).
+    out_dir = out_dir or new_output_dir(cfg)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    result: dict = {"output_dir": str(out_dir)}
+    if cfg.run.predict:
+        trainer = build_trainer(cfg, out_dir, checkpointing=False)
+        result["test"] = _scalars(trainer.test(system, datamodule=datamodule, verbose=False)[0])
+    else:
         trainer = build_trainer(cfg, out_dir)
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
         result["val"] = _scalars({k: v for k, v in trainer.callback_metrics.items() if k.endswith("/val")})
