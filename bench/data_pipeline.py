@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tune_cifar.data.augment import Augment, normalize  # noqa: E402
-from tune_cifar.data.sources import CIFAR10_STATS, FASHION_MNIST_DIR, load_source  # noqa: E402
+from tune_cifar.data.cifar import CIFAR10_STATS  # noqa: E402
+from tune_cifar.data.fashion_mnist import FASHION_MNIST_DIR  # noqa: E402
+from tune_cifar.data.sources import load_source  # noqa: E402
 from tune_cifar.errors import UserError  # noqa: E402
 
 BATCH = 256

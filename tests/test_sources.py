@@ -23,9 +23,9 @@ from cifar_files import (
     write_cifar_batch,
     write_image_folder,
 )
-from tune_cifar.data import sources
+from tune_cifar.data import cifar
+from tune_cifar.data.fashion_mnist import FASHION_MNIST_DIR
 from tune_cifar.data.sources import (
-    FASHION_MNIST_DIR,
     ImageArrays,
     group_labels,
     load_source,
@@ -120,9 +120,9 @@ def test_missing_cifar_without_download(tmp_path):
 
 
 def _unreachable(monkeypatch, spec_name: str) -> None:
-    spec = getattr(sources, spec_name)
+    spec = getattr(cifar, spec_name)
     url = "https://cifar-download.invalid/" + Path(spec.url).name  # .invalid never resolves
-    monkeypatch.setattr(sources, spec_name, dataclasses.replace(spec, url=url))
+    monkeypatch.setattr(cifar, spec_name, dataclasses.replace(spec, url=url))
 
 
 @pytest.mark.parametrize("name,spec_name", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100")])
@@ -137,7 +137,7 @@ def test_missing_cifar_download_fails_fast(tmp_path, monkeypatch, name, spec_nam
 
 
 def test_real_url_fails_fast_offline(tmp_path):
-    if sources._probe(sources.CIFAR10.url, 5.0) is None:
+    if cifar._probe(cifar.CIFAR10.url, 5.0) is None:
         pytest.skip("www.cs.toronto.edu is reachable: this test would download 163 MB")
     start = time.monotonic()
     with pytest.raises(UserError, match="download failed"):
@@ -152,13 +152,13 @@ def test_probe_gives_up_on_a_silent_host(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", silent)
     start = time.monotonic()
-    reason = sources._probe("https://example.org/x.tar.gz", 0.2)
+    reason = cifar._probe("https://example.org/x.tar.gz", 0.2)
     assert time.monotonic() - start < 1
     assert "no answer from example.org within 0.2 s" in reason
 
 
 def test_bad_probe_timeout_env(tmp_path, monkeypatch):
-    monkeypatch.setenv(sources.PROBE_TIMEOUT_ENV, "soon")
+    monkeypatch.setenv(cifar.PROBE_TIMEOUT_ENV, "soon")
     with pytest.raises(UserError, match=r"TUNE_CIFAR_OFFLINE_PROBE_TIMEOUT='soon' must be a number"):
         load_source("cifar10", tmp_path, download=True)
 
