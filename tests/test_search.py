@@ -155,3 +155,26 @@ def test_debug_bad_params_and_gpu_exit_2(tmp_path, data_root, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.endswith("search.resources.gpu=0.5 but this machine has no GPU; allowed: 0 (CPU trials)")
+
+
+def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):
+    """GPU trials report memory/cuda_peak_mb (trial.WorkerMemory): results.csv gets peak_gpu_mb."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tune_cifar.search import results_table
+    from tune_cifar.space import load_space
+
+    space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 2}}))
+
+    def result(trial_id: str, acc: float, peaks=None):  # what Ray's ResultGrid yields, reduced
+        df = pd.DataFrame({"training_iteration": [1, 2], "accuracy/val": [acc / 2, acc], "time_total_s": [1.0, 2.0],
+                           **({"memory/cuda_peak_mb": peaks} if peaks else {})})
+        return SimpleNamespace(metrics_dataframe=df, metrics={"trial_id": trial_id}, error=None,
+                               path=str(tmp_path / f"trial_{trial_id}"), config=dict(STRONG))
+
+    gpu = results_table(space, [result("a", 0.4, [100.0, 130.56]), result("b", 0.6, [90.0, 95.0])])
+    assert list(gpu["trial_id"]) == ["b", "a"] and list(gpu["peak_gpu_mb"]) == [95.0, 130.6]
+    assert list(gpu.columns).index("peak_gpu_mb") == list(gpu.columns).index("time_s") + 1
+    assert "peak_gpu_mb" not in results_table(space, [result("c", 0.5)]).columns  # CPU trials
