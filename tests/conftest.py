@@ -58,6 +58,28 @@ def tiny_cfg(cifar10_root, tmp_path):
     return make
 
 
+def run_stopped_trial(cfg, arrays, callbacks: list) -> bool:
+    """A trial stopped the way Ray stops one (ASHA): SystemExit from inside its first report.
+
+    Caught as tune_cifar.trainable does (pytest.raises would keep the traceback, and the model with
+    it); returns whether it was stopped."""
+    import sys
+
+    import pytorch_lightning as pl
+
+    from tune_cifar.trial import run_trial
+
+    class StopAtReport(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            sys.exit(0)
+
+    try:
+        run_trial(cfg, arrays, None, [*callbacks, StopAtReport()])
+    except SystemExit:
+        return True
+    return False
+
+
 def write_space(tmp_path: Path, data_root: Path, search: dict, points=None, searcher: str = "tpe",
                 name: str = "tiny.yaml") -> Path:
     """A tiny search-space file over generated CIFAR data (tiny_cnn, optimizer and lr)."""

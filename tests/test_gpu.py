@@ -5,12 +5,10 @@ Run on a lent GPU machine with ``bash scripts/gpu_check.sh`` (no Ray there: noth
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import run_stopped_trial, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 MIB = 2 ** 20
@@ -43,25 +41,15 @@ def test_gpu_trial_uses_mixed_precision_and_device_data(gpu_cfg):
 
 def test_stopped_trial_gives_its_gpu_memory_back(gpu_cfg):
     """As in a reused Ray worker: a trial stopped from inside a report (ASHA) leaves nothing allocated."""
-    import pytorch_lightning as pl
-
     from tune_cifar.data import load_data
-    from tune_cifar.trial import WorkerMemory, live_models, release_memory, run_trial
-
-    class StopAtReport(pl.Callback):
-        def on_validation_end(self, trainer, pl_module):
-            sys.exit(0)
+    from tune_cifar.trial import WorkerMemory, live_models, release_memory
 
     cfg = gpu_cfg("trainer.max_epochs=3")
     arrays = load_data(cfg.data, cfg.task.task)
     release_memory()
     before, models_before = torch.cuda.memory_allocated(), live_models()  # what earlier tests left
     cached_before = torch.cuda.memory_reserved() - before
-    stopped = False
-    try:  # as train_trial does
-        run_trial(cfg, arrays, None, [WorkerMemory(), StopAtReport()])
-    except SystemExit:
-        stopped = True
+    stopped = run_stopped_trial(cfg, arrays, [WorkerMemory()])
     peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.memory_reserved()
     release_memory()
     assert stopped and peak > before + MIB  # the trial did hold GPU memory

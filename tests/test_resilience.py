@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import write_space
+from conftest import run_stopped_trial, write_space
 from tune_cifar.faults import TEST_FAULTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,23 +64,13 @@ def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
 def test_worker_memory_counts_what_an_earlier_trial_left(tiny_cfg):
     """A trial stopped the way Ray stops one (SystemExit from inside a report) leaves no model behind;
     one still referenced is counted by the next trial's WorkerMemory and reported as memory/*."""
-    import pytorch_lightning as pl
-
     from tune_cifar.data import load_data
     from tune_cifar.trial import WorkerMemory, live_models, release_memory, run_trial
-
-    class StopAtReport(pl.Callback):  # what Ray's report does when ASHA stops the trial
-        def on_validation_end(self, trainer, pl_module):
-            sys.exit(0)
 
     cfg = tiny_cfg("trainer.max_epochs=3")
     arrays = load_data(cfg.data, cfg.task.task)
     before = live_models()  # models of earlier tests in this process that pytest still holds
-    stopped = False
-    try:  # as train_trial does (pytest.raises would keep the traceback, and the model with it)
-        run_trial(cfg, arrays, None, [WorkerMemory(), StopAtReport()])
-    except SystemExit:
-        stopped = True
+    stopped = run_stopped_trial(cfg, arrays, [WorkerMemory()])
     release_memory()
     assert stopped and live_models(collect=False) == before
 

@@ -293,7 +293,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
                     # A key the YAML lacks: add it (as +key=value would), so that the typed config
                     # names it and the allowed keys (config_from_dict), or a free dict takes it.
                     unknown = re.match(r"Could not override '([^']+)'", str(err))
-                    i = next((i for i, o in enumerate(overrides) if unknown and o.startswith(unknown[1] + "=")), None)
+                    key = f"{unknown[1]}=" if unknown else None
+                    i = next((i for i, o in enumerate(overrides) if key and o.startswith(key)), None)
                     if i is None:
                         raise
                     overrides[i] = "+" + overrides[i]

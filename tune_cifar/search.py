@@ -193,7 +193,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
 # --------------------------------------------------------------------------- after the search
 
 
-PEAK_METRIC = "memory/cuda_peak_mb"  # reported by trial.WorkerMemory on a GPU
+PEAK_METRIC = "memory/cuda_peak_mb"  # trial.WorkerMemory.PEAK (not imported: trial loads Lightning)
 PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
 
 

@@ -62,8 +62,8 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
 def _fit(cfg: Config, arrays: ImageArrays, values: dict) -> None:
     """One Lightning fit reporting each validation epoch; a retried trial resumes from its checkpoint."""
     memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
-    metrics = [*reported_metrics(cfg), *(m for m in WorkerMemory.METRICS if "cuda" not in m or memory.cuda)]
-    report = TuneReportCheckpointCallback(metrics=metrics, filename=CHECKPOINT_FILE, on="validation_end")
+    report = TuneReportCheckpointCallback(metrics=[*reported_metrics(cfg), *memory.names], filename=CHECKPOINT_FILE,
+                                          on="validation_end")
     callbacks = [memory, report, *trial_callbacks(values, tune.get_context().get_trial_id())]
     checkpoint = tune.get_checkpoint()
     with resource_errors():

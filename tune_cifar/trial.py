@@ -64,7 +64,7 @@ class WorkerMemory(pl.Callback):
     Create it before the trial's model. Its values are ``memory/*`` metrics, reported like any other.
     """
 
-    METRICS = ("memory/leftover_models", "memory/leftover_cuda_mb", "memory/cuda_peak_mb")
+    PEAK = "memory/cuda_peak_mb"  # search.PEAK_METRIC: results.csv's peak_gpu_mb
 
     def __init__(self) -> None:
         self.cuda = torch.cuda.is_available()
@@ -74,12 +74,17 @@ class WorkerMemory(pl.Callback):
             self.leftover["memory/leftover_cuda_mb"] = torch.cuda.memory_allocated() / 2 ** 20
             torch.cuda.reset_peak_memory_stats()
 
+    @property
+    def names(self) -> list[str]:
+        """The metrics it logs here (the CUDA ones on a GPU only)."""
+        return [*self.leftover, *([self.PEAK] if self.cuda else [])]
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         values = dict(self.leftover)
         if self.cuda:
-            values["memory/cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+            values[self.PEAK] = torch.cuda.max_memory_allocated() / 2 ** 20
         pl_module.log_dict(values)
 
 

@@ -11,14 +11,13 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..data.folder import IMAGE_SUFFIXES  # light: numpy only
 from ..errors import UserError
 from .clock import Clock
 from .inference import (class_probs, decide, effective_threshold, infer, label_text, probabilities,
                         top_k_cells, top_k_header)
 from .loading import Loaded
 from .output import PRINT_ROWS, make_out_dir, warn
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def collect_images(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
