@@ -54,12 +54,32 @@ def test_overrides_and_group_switches():
     (["task.task=classification_binary"], "data.num_classes=2"),
     (["+model.model_kwargs.num_classes=7"], "model.model_kwargs.num_classes"),
     (["data.val_fraction=1.5"], "data.val_fraction"),
+    (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches=-1 is not allowed; allowed: an int >= 0 "
+                                       "(batches) or a float in [0, 1] (fraction of an epoch)"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5 is not allowed"),
+    (["trainer.val_check_interval=0"], "allowed: an int >= 1 (batches) or a float in (0, 1]"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val"),
 ])
 def test_bad_values_are_one_line_user_errors(override, needle):
     with pytest.raises(UserError) as err:
         load_config(override)
     msg = str(err.value)
     assert needle in msg and "\n" not in msg and "search path" not in msg
+
+
+def test_lightning_batch_keys_keep_int_versus_float():
+    """Lightning reads an int as a number of batches and a float as a fraction: 1 and 1.0 differ."""
+    from tune_cifar.train import build_trainer
+
+    cfg = load_config(["trainer.limit_train_batches=1", "trainer.limit_val_batches=0.5",
+                       "trainer.val_check_interval=3", "trainer.accelerator=cpu"])
+    t = cfg.trainer
+    assert (t.limit_train_batches, t.limit_val_batches, t.val_check_interval) == (1, 0.5, 3)
+    assert type(t.limit_train_batches) is int and type(t.limit_val_batches) is float
+    trainer = build_trainer(cfg, None, checkpointing=False, loggers=False)
+    assert (trainer.limit_train_batches, trainer.limit_val_batches, trainer.val_check_interval) == (1, 0.5, 3)
+    assert type(trainer.limit_train_batches) is int  # one batch, not the whole epoch (1.0)
+    assert type(load_config(["trainer.limit_train_batches=1.0"]).trainer.limit_train_batches) is float
 
 
 def test_config_from_dict_round_trip_and_set_dotted():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tune_cifar.errors import UserError
-from tune_cifar.space import load_space, parse_dist, sample
+from tune_cifar.space import load_space, sample
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = ["data=cifar10", "model=small_cnn", "model.model_name=tiny_cnn"]
@@ -94,6 +94,12 @@ def test_depends_on_gives_each_parent_value_its_own_options(tmp_path):
         "model.provider_name": "torchvision", "model.model_name@torchvision": "resnet34"}
     with pytest.raises(UserError, match=r"model.model_name='resnet18' is outside .* one of resnet34"):
         space.to_optuna({"model.provider_name": "torchvision", "model.model_name": "resnet18"}, "x")
+    # A value whose parent is left to the sampler would be dropped without a word: refused instead.
+    with pytest.raises(UserError, match=r"^--params: optimizer.lr depends on optimizer.optimizer, which is left "
+                                        r"to the sampler; give optimizer.optimizer too$"):
+        space.to_optuna({"optimizer.lr": 0.05}, "--params")
+    assert space.to_optuna({"optimizer.optimizer": "sgd", "optimizer.lr": 0.05}, "x") == {
+        "optimizer.optimizer": "sgd", "optimizer.lr@sgd": 0.05}
 
 
 def test_given_params_are_used_and_the_rest_sampled(tmp_path):
@@ -175,6 +181,10 @@ BAD = {
                          r"depends_on: optimizer.optimizer must be a choice parameter defined above"),
     "unknown model": ({"model.model_name": {"choice": ["tiny_cnn", "tiny_cnnn"]}},
                       r"'tiny_cnnn' is not a builtin model; close: tiny_cnn"),
+    "when below": ({"optimizer.momentum": {"uniform": [0.8, 0.9], "when": {"optimizer.optimizer": "sgd"}},
+                    "optimizer.optimizer": {"choice": ["sgd", "adamw"]}},
+                   r"params.optimizer.momentum.when.optimizer.optimizer: a condition on a parameter must come "
+                   r"after it; move optimizer.momentum below optimizer.optimizer"),
     "two distributions": ({"optimizer.lr": {"uniform": [0.1, 0.2], "loguniform": [0.1, 0.2]}},
                           r"several distributions"),
     "only fixed": ({"optimizer.lr": 0.1}, r"params has no sampled parameter"),
@@ -226,6 +236,21 @@ def test_bad_yaml_and_overrides(tmp_path):
         load_space(good, ["trainer.max_epochs=3"])
     with pytest.raises(UserError, match=r"unknown key search.bogus"):
         load_space(good, ["search.bogus=1"])
+    with pytest.raises(UserError, match=r"^override search.resources=\{cpu: 2: not a valid YAML value: "):
+        load_space(good, ["search.resources={cpu: 2"])
+    with pytest.raises(UserError, match=rf"^{tmp_path}: cannot read the search-space file \(IsADirectoryError\)"):
+        load_space(tmp_path)
+
+
+def test_base_model_and_metrics_are_checked_before_any_trial(tmp_path):
+    """Unsearched model and metrics come from the base config: checked on load, not in every trial."""
+    good = write(tmp_path, {"optimizer.lr": {"uniform": [0.01, 0.1]}})
+    with pytest.raises(UserError, match=rf"^{good}: base config: model.model_name='tiny_cnnn' is not allowed; "
+                                        r"allowed: .*tiny_cnn"):
+        load_space(good, ["model.model_name=tiny_cnnn"])
+    with pytest.raises(UserError, match=rf"^{good}: base config: optimizer.metrics.f2 is not a known metric; "
+                                        r"allowed: accuracy, auroc, f1"):
+        load_space(good, ["+optimizer.metrics.f2={}"])
 
 
 def test_gpu_requested_without_gpu(tmp_path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from tune_cifar.config import OptimizerConfig, SchedulerConfig, TaskConfig
 from tune_cifar.errors import UserError
 from tune_cifar.models import ModelSpec
-from tune_cifar.system import ClassificationSystem, InputSpec, build_metric, lr_factor
+from tune_cifar.metrics import build_metric
+from tune_cifar.system import ClassificationSystem, InputSpec, lr_factor
 
 
 def _system(task="classification_multiclass", n=4, outputs=None, metrics=None, channels_last=False,

@@ -99,6 +99,18 @@ def test_bad_input_exits_2_with_one_line(cifar10_root, tmp_path, capsys, extra, 
     assert not list(tmp_path.rglob("config.yaml"))  # a failed start leaves no run folder behind
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["model.model_name=resnet9000"], "model.model_name='resnet9000' is not allowed; allowed: small_cnn"),
+    (["optimizer.metrics={accuracy: {}, dice: {}}"], "optimizer.metrics.dice is not a known metric; allowed:"),
+    (["task.monitor=f1/val"], "task.monitor='f1/val' is not logged; allowed:"),
+])
+def test_config_is_checked_before_the_data_is_read(cifar10_root, tmp_path, capsys, extra, needle):
+    """A typo is reported at once, not after a dataset download (here: a dataset that is missing)."""
+    with pytest.raises(SystemExit):
+        train.main(tiny_overrides(cifar10_root, tmp_path, "data.dataset_path=/nonexistent/cifar", *extra))
+    assert needle in capsys.readouterr().err
+
+
 def test_corrupted_checkpoint_is_refused(cifar10_root, tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x80\x04not a checkpoint at all")

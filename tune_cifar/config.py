@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .errors import UserError, allowed, check_choice
 
@@ -77,13 +77,13 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: int = 1
     max_epochs: int = 10
-    val_check_interval: float = 1.0
+    val_check_interval: Union[int, float] = 1.0  # Lightning's meaning: int batches, float epoch fraction
     check_val_every_n_epoch: int = 1
     log_every_n_steps: int = 50
     fast_dev_run: bool = False
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
+    limit_train_batches: Optional[Union[int, float]] = None  # likewise
+    limit_val_batches: Optional[Union[int, float]] = None
+    limit_test_batches: Optional[Union[int, float]] = None
     precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -160,6 +160,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
+        if set(args) == {int, float}:  # Lightning's int-or-float keys: an int counts batches, a float is a
+            # fraction (typing may give the two in either order: it caches equal Unions)
+            return _coerce(value, int if isinstance(value, int) and not isinstance(value, bool) else float, key)
         return _coerce(value, args[0], key)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
@@ -213,6 +216,19 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
         raise UserError(f"config: {key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _batches(key: str, value, zero_ok: bool) -> None:
+    """Lightning's int-or-float keys: an int counts batches, a float is a fraction of an epoch."""
+    if value is None:
+        return
+    low = 0 if zero_ok else 1
+    if isinstance(value, int) and value >= low:
+        return
+    if isinstance(value, float) and 0.0 <= value <= 1.0 and (zero_ok or value > 0.0):
+        return
+    raise UserError(f"config: {key}={value!r} is not allowed; allowed: an int >= {low} (batches) or a float in "
+                    f"{'[0, 1]' if zero_ok else '(0, 1]'} (fraction of an epoch)")
+
+
 def validate(cfg: Config) -> Config:
     """Value checks that types alone do not catch."""
     check_choice("task.task", cfg.task.task, TASKS)
@@ -240,6 +256,11 @@ def validate(cfg: Config) -> Config:
                        ("data.augment.crop_padding", cfg.data.augment.crop_padding),
                        ("data.augment.cutout", cfg.data.augment.cutout)):
         _positive(key, value, allow_zero=True)
+    t = cfg.trainer
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        _batches(f"trainer.{key}", getattr(t, key), zero_ok=True)
+    _batches("trainer.val_check_interval", t.val_check_interval, zero_ok=False)
+    _positive("trainer.gradient_clip_val", t.gradient_clip_val, allow_zero=True)
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise UserError(f"config: data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
     if not 0.0 < cfg.task.threshold < 1.0:

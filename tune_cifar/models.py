@@ -139,14 +139,29 @@ def _call(what: str, factory: Callable[..., nn.Module], kwargs: dict, *args, **f
         raise UserError(f"model.model_kwargs={kwargs!r} not accepted by {what}: {err}") from err
 
 
+def check_model_name(provider: str, name: str) -> None:
+    """Raise a one-line UserError (with close names) unless ``provider`` has a model ``name``."""
+    check_choice("model.provider_name", provider, PROVIDERS)
+    if provider == "timm":
+        import timm
+
+        tagged = "." in name  # a pretrained tag, e.g. resnet18.a1_in1k
+        names = timm.list_pretrained() if tagged else list_models("timm")
+        if not (name in names and timm.is_model(name)):
+            raise _unknown_model(name, "timm", names, "timm.list_pretrained()" if tagged else "timm.list_models()")
+    elif provider == "torchvision":
+        if name not in list_models("torchvision"):
+            raise _unknown_model(name, "torchvision classification", list_models("torchvision"),
+                                 "torchvision.models.list_models(module=torchvision.models)")
+    else:
+        check_choice("model.model_name", name, _BUILTIN)
+
+
 def _create_timm(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
     import huggingface_hub.constants as hf_constants
     import timm
 
-    tagged = "." in name  # a pretrained tag, e.g. resnet18.a1_in1k
-    names = timm.list_pretrained() if tagged else list_models("timm")
-    if not (name in names and timm.is_model(name)):
-        raise _unknown_model(name, "timm", names, "timm.list_pretrained()" if tagged else "timm.list_models()")
+    check_model_name("timm", name)
 
     def build():
         return _call(f"timm/{name}", timm.create_model, kwargs, name, pretrained=pretrained,
@@ -160,9 +175,7 @@ def _create_timm(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module
 def _create_torchvision(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
     import torchvision
 
-    if name not in list_models("torchvision"):
-        raise _unknown_model(name, "torchvision classification", list_models("torchvision"),
-                             "torchvision.models.list_models(module=torchvision.models)")
+    check_model_name("torchvision", name)
     what = f"torchvision/{name}"
     if pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -175,7 +188,7 @@ def _create_torchvision(name, num_classes, in_chans, pretrained, **kwargs) -> nn
 
 
 def _create_builtin(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
-    check_choice("model.model_name", name, _BUILTIN)
+    check_model_name("builtin", name)
     if pretrained:
         raise UserError("model.model_kwargs.pretrained=True is not allowed for provider 'builtin' "
                         "(no pretrained weights for builtin models); allowed: false")

@@ -14,12 +14,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
 from .config import Config, _build, compose, config_from_dict, set_dotted, to_plain
 from .errors import UserError, allowed
+from .metrics import check_metrics
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
 SECTIONS = ("base", "params", "search")
@@ -413,8 +414,12 @@ class SearchSpace:
         values, out = dict(self.context), {}
         for p in self.params:
             refs = list(p.when) + ([p.depends_on] if p.depends_on else [])
-            if any(r not in values for r in refs):
-                continue  # depends on a value left to the sampler
+            missing = [r for r in refs if r not in values]
+            if missing:  # depends on a value left to the sampler
+                if p.key in point:
+                    raise UserError(f"{where}: {p.key} depends on {missing[0]}, which is left to the sampler; "
+                                    f"give {missing[0]} too")
+                continue
             if not p.active(values):
                 if p.key in point:
                     raise UserError(f"{where}: {p.key} is inactive here (it needs {_conds(p)})")
@@ -460,10 +465,15 @@ def _check_values(where: str, base: dict, key: str, param: Param, parent: Option
 
 def _check_models(path: str, base: dict, params: dict) -> None:
     """model.model_name values must exist in their provider (timm, torchvision, builtin)."""
+    from .models import check_model_name, list_models
+
     name_p, prov_p = params.get("model.model_name"), params.get("model.provider_name")
     if name_p is None and prov_p is None:
+        try:
+            check_model_name(base["model"]["provider_name"], base["model"]["model_name"])
+        except UserError as err:
+            raise UserError(f"{path}: base config: {str(err).removeprefix('config: ')}") from None
         return
-    from .models import list_models
 
     providers = [o for d in prov_p.dists.values() for o in d.examples()] if prov_p else [base["model"]["provider_name"]]
     for provider in providers:
@@ -489,6 +499,9 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raw = yaml.load(Path(path).read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise UserError(f"{where}: search-space file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise UserError(f"{where}: cannot read the search-space file ({type(err).__name__}); "
+                        f"give a YAML file such as search_spaces/resnet.yaml") from None
     except yaml.YAMLError as err:
         raise UserError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):
@@ -510,7 +523,11 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         key, sep, value = ov.partition("=")
         if key.startswith("search.") and sep:
             search_raw = copy.deepcopy(search_raw)
-            _set_search(where, search_raw, key.removeprefix("search."), yaml.load(value, Loader=_Loader))
+            try:
+                parsed = yaml.load(value, Loader=_Loader)
+            except yaml.YAMLError as err:
+                raise UserError(f"override {ov}: not a valid YAML value: {' '.join(str(err).split())}") from None
+            _set_search(where, search_raw, key.removeprefix("search."), parsed)
             continue
         bare = key.lstrip("+~")
         if bare in params_raw:
@@ -520,13 +537,21 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"override {ov}: {bare} is set by the search; use {RESERVED[bare]}")
         hydra_ov.append(ov)
     base = to_plain(compose([*base_ov, *hydra_ov]))
-    config_from_dict(base)  # the base alone must be valid
+    try:
+        check_metrics(config_from_dict(base))  # the base alone must be valid, its metrics too
+    except UserError as err:
+        raise UserError(f"{where}: base config: {str(err).removeprefix('config: ')}") from None
     search = _settings(where, search_raw, base)
 
     params: dict[str, Param] = {}
     for key, spec in params_raw.items():
         if not isinstance(key, str):
             raise UserError(f"{where}: params keys must be dotted config keys, got {key!r}")
+        when = spec.get("when") if isinstance(spec, dict) else None
+        for k in when if isinstance(when, dict) else ():
+            if k in params_raw and k not in params:  # else read as a base-config key: always its base value
+                raise UserError(f"{where}: params.{key}.when.{k}: a condition on a parameter must come after "
+                                f"it; move {key} below {k}")
         p = parse_param(f"{where}: params.{key}", key, spec, params)
         _check_values(f"{where}: params.{key}", base, key, p, p.depends_on)
         params[key] = p

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
 
 from .checkpoint import normalization_buffers, normalize, read_checkpoint
 from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
-from .errors import UserError, allowed
+from .errors import UserError
+from .metrics import TASK_KIND, build_metric
 from .models import ModelSpec, build_model
 
 log = logging.getLogger("tune_cifar")
@@ -47,52 +47,6 @@ class InputSpec:
         return cls(classes=tuple(d["classes"]), in_chans=int(d["in_chans"]),
                    image_size=tuple(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
                    dataset=d.get("dataset", ""))
-
-
-# --------------------------------------------------------------------------- metrics allow-list
-
-_TASK_KIND = {
-    "classification_binary": "binary",
-    "classification_multiclass": "multiclass",
-    "classification_multilabel": "multilabel",
-}
-
-METRICS = {
-    "accuracy": torchmetrics.Accuracy,
-    "top_k_accuracy": torchmetrics.Accuracy,
-    "f1": torchmetrics.F1Score,
-    "precision": torchmetrics.Precision,
-    "recall": torchmetrics.Recall,
-    "auroc": torchmetrics.AUROC,
-}
-
-
-def build_metric(name: str, kwargs: dict, task: TaskConfig, num_classes: int) -> torchmetrics.Metric:
-    """Look a metric up in the allow-list and build it for the task (never eval)."""
-    if name not in METRICS:
-        raise UserError(f"config: optimizer.metrics.{name} is not a known metric; allowed: {allowed(METRICS)}")
-    kwargs = dict(kwargs or {})
-    if "callable" in kwargs:
-        raise UserError(
-            f"config: optimizer.metrics.{name}.callable is not supported (no code from config strings); "
-            f"use one of: {allowed(METRICS)}"
-        )
-    kind = _TASK_KIND[task.task]
-    args: dict = {"task": kind}
-    if kind == "multiclass":
-        args["num_classes"] = num_classes
-    elif kind == "multilabel":
-        args["num_labels"] = num_classes
-    if kind != "multiclass" and name != "auroc":
-        args["threshold"] = task.threshold
-    if name == "top_k_accuracy":
-        if kind != "multiclass":
-            raise UserError(f"config: optimizer.metrics.top_k_accuracy needs task.task=classification_multiclass")
-        args["top_k"] = min(int(kwargs.pop("top_k", 5)), num_classes)
-    try:
-        return METRICS[name](**args, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"config: optimizer.metrics.{name}: {err}") from None
 
 
 # --------------------------------------------------------------------------- LR schedule
@@ -130,7 +84,7 @@ class ClassificationSystem(pl.LightningModule):
             "channels_last": channels_last,
         })
         self.model_spec, self.task, self.optim_cfg, self.input_spec = model_spec, task, optimizer, input_spec
-        self.kind = _TASK_KIND[task.task]
+        self.kind = TASK_KIND[task.task]
         self.channels_last = channels_last
         self.model = build_model(model_spec)
         if channels_last:

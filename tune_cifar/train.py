@@ -23,7 +23,8 @@ import yaml
 from .config import Config, TrainerConfig, load_config
 from .data import ImageArrays, ImageDataModule, load_data
 from .errors import UserError, cli_entry
-from .models import ModelSpec
+from .metrics import check_metrics
+from .models import ModelSpec, check_model_name
 from .system import ClassificationSystem, InputSpec, load_system, read_checkpoint
 
 log = logging.getLogger("tune_cifar")
@@ -67,6 +68,14 @@ def check_monitor(cfg: Config) -> None:
     if cfg.task.monitor not in allowed_keys:
         raise UserError(f"config: task.monitor={cfg.task.monitor!r} is not logged; allowed: "
                         f"{', '.join(sorted(allowed_keys))}")
+
+
+def preflight(cfg: Config) -> None:
+    """The checks that need neither data nor a model: precision, monitor, metrics, model name."""
+    resolve_precision(cfg.trainer)
+    check_monitor(cfg)
+    check_metrics(cfg)
+    check_model_name(cfg.model.provider_name, cfg.model.model_name)
 
 
 def build_system(cfg: Config, arrays: ImageArrays) -> ClassificationSystem:
@@ -163,7 +172,7 @@ def _scalars(metrics: dict) -> dict:
 def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = None) -> dict:
     """Train (or evaluate) one configuration; returns metrics and output paths."""
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    resolve_precision(cfg.trainer)  # a bad precision/accelerator fails here, before anything is written
+    preflight(cfg)  # before any download or folder
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)
     datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
     ckpt_path = None

@@ -66,7 +66,7 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: 
     from torchmetrics.classification import (BinaryConfusionMatrix, MulticlassConfusionMatrix,
                                              MultilabelConfusionMatrix)
 
-    from ..system import build_metric
+    from ..metrics import build_metric
 
     kind, classes = loaded.kind, loaded.classes
     n = len(classes)

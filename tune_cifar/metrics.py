@@ -1,0 +1,60 @@
+"""The metrics allow-list: config names to torchmetrics classes (never eval), built per task.
+
+Imports torchmetrics only (not Lightning): the search driver and predict use it too.
+"""
+
+from __future__ import annotations
+
+import torchmetrics
+
+from .config import Config, TaskConfig
+from .errors import UserError, allowed
+
+TASK_KIND = {
+    "classification_binary": "binary",
+    "classification_multiclass": "multiclass",
+    "classification_multilabel": "multilabel",
+}
+
+METRICS = {
+    "accuracy": torchmetrics.Accuracy,
+    "top_k_accuracy": torchmetrics.Accuracy,
+    "f1": torchmetrics.F1Score,
+    "precision": torchmetrics.Precision,
+    "recall": torchmetrics.Recall,
+    "auroc": torchmetrics.AUROC,
+}
+
+
+def build_metric(name: str, kwargs: dict, task: TaskConfig, num_classes: int) -> torchmetrics.Metric:
+    """Look a metric up in the allow-list and build it for the task (never eval)."""
+    if name not in METRICS:
+        raise UserError(f"config: optimizer.metrics.{name} is not a known metric; allowed: {allowed(METRICS)}")
+    kwargs = dict(kwargs or {})
+    if "callable" in kwargs:
+        raise UserError(
+            f"config: optimizer.metrics.{name}.callable is not supported (no code from config strings); "
+            f"use one of: {allowed(METRICS)}"
+        )
+    kind = TASK_KIND[task.task]
+    args: dict = {"task": kind}
+    if kind == "multiclass":
+        args["num_classes"] = num_classes
+    elif kind == "multilabel":
+        args["num_labels"] = num_classes
+    if kind != "multiclass" and name != "auroc":
+        args["threshold"] = task.threshold
+    if name == "top_k_accuracy":
+        if kind != "multiclass":
+            raise UserError("config: optimizer.metrics.top_k_accuracy needs task.task=classification_multiclass")
+        args["top_k"] = min(int(kwargs.pop("top_k", 5)), num_classes)
+    try:
+        return METRICS[name](**args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"config: optimizer.metrics.{name}: {err}") from None
+
+
+def check_metrics(cfg: Config) -> None:
+    """Build every configured metric once: a bad name or argument fails before data or Ray start."""
+    for name, kwargs in cfg.optimizer.metrics.items():
+        build_metric(name, kwargs, cfg.task, cfg.data.num_classes)
