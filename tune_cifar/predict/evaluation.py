@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# torchmetrics and Lightning (through tune_cifar.system) are imported after inference, to compute
+# torchmetrics (through tune_cifar.metrics; never Lightning) is imported after inference, to compute
 # the metrics of a dataset evaluation, and never for --images / --to.
 from ..config import Config, TaskConfig, _build, config_from_dict
 from ..errors import UserError
