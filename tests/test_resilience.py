@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -142,6 +143,34 @@ def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, dat
     with pytest.raises(SystemExit):
         main([str(path), "--resume", "--new-name"])
     assert "give only one" in capsys.readouterr().err
+
+
+def test_new_name_run_resumes_with_the_command_it_records(tmp_path, data_root):
+    """A --new-name run (tiny_2) records search.experiment=tiny_2 in its command, so the --resume
+    command it prints continues tiny_2, not the older 'tiny'."""
+    import shlex
+
+    import ray
+
+    from tune_cifar.resilience import resume_command
+    from tune_cifar.search import main, run_search
+    from tune_cifar.space import load_space
+
+    path = space_file(tmp_path, data_root, {"num_samples": 1, "scheduler": {"name": "fifo", "max_epochs": 1}})
+    old = tmp_path / "outputs" / "tiny" / "2026-01-01_00-00-00"
+    old.mkdir(parents=True)
+    (old / "search.yaml").write_text("search: {}\n")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        out = run_search(load_space(path), new_name=True)
+        run = Path(out["run_dir"])
+        assert run.parent.name == "tiny_2"
+        cmd = resume_command(SimpleNamespace(ray_dir=str(run)))
+        assert cmd == f"python -m tune_cifar.search {path} search.experiment=tiny_2 --resume"
+        again = main(shlex.split(cmd)[3:])  # a finished run: results and export rebuilt, same folder
+    finally:
+        ray.shutdown()
+    assert again["run_dir"] == str(run) and sorted(os.listdir(old.parent)) == [old.name]
 
 
 def test_reports_from_a_results_table(tmp_path):

@@ -219,10 +219,16 @@ def check_resume(paths: RunPaths, space, overrides: Sequence[str]) -> None:
     diffs = _diff({"search": _normal(stored.get("search")), "base": _normal(stored.get("base"))},
                   {"search": now["search"], "base": now["base"]})
     if diffs:
-        cmd = " ".join(["python -m tune_cifar.search", str(stored.get("space_file")), *stored.get("overrides", []),
-                        "--resume"])
         raise UserError(f"--resume: the configuration differs from run {paths.ray_dir} "
-                        f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}); resume with its command: {cmd}")
+                        f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}); resume with its command: "
+                        f"{resume_command(paths)}")
+
+
+def resume_command(paths: RunPaths) -> str:
+    """The command that continues this run, from its search.yaml (a --new-name run names itself there)."""
+    stored = yaml.safe_load(_read_text(_join(paths.ray_dir, SEARCH_FILE)))
+    return " ".join(["python -m tune_cifar.search", str(stored.get("space_file")), *stored.get("overrides", []),
+                     "--resume"])
 
 
 def upload_reports(paths: RunPaths) -> None:

@@ -129,7 +129,10 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
 
     s = space.search
     space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
+    named = s.experiment
     paths = resilience.plan_run(space, resume=resume, new_name=new_name)  # refuses to reuse a name silently
+    if paths.experiment != named:  # --new-name: search.yaml's command (for --resume) names the new one
+        overrides = [*overrides, f"search.experiment={paths.experiment}"]
     if paths.resume:
         resilience.check_resume(paths, space, overrides)
     run_dir = paths.local
@@ -263,8 +266,8 @@ def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interru
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
     if interrupted:
         resilience.upload_reports(paths)
-        print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with the same "
-              f"command plus --resume", file=sys.stderr, flush=True)
+        print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with: "
+              f"{resilience.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
     try:
         best = grid.get_best_result(metric=s.metric, mode=s.mode, scope="all", filter_nan_and_inf=True)
