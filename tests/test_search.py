@@ -157,6 +157,32 @@ def test_debug_bad_params_and_gpu_exit_2(tmp_path, data_root, capsys):
         assert err.endswith("search.resources.gpu=0.5 but this machine has no GPU; allowed: 0 (CPU trials)")
 
 
+def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, data_root):
+    """Ray raises RuntimeError when the best trial has no scored checkpoint: a UserError, results kept."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tune_cifar.errors import UserError
+    from tune_cifar.resilience import plan_run
+    from tune_cifar.search import finish
+    from tune_cifar.space import load_space
+
+    space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 1}}))
+
+    def no_checkpoint(metric, mode):
+        raise RuntimeError("No checkpoint exists in the trial directory!")  # as ray.tune.Result does
+
+    df = pd.DataFrame({"training_iteration": [1], "accuracy/val": [0.5], "time_total_s": [1.0]})
+    result = SimpleNamespace(metrics_dataframe=df, metrics={"trial_id": "a"}, error=None, config=dict(STRONG),
+                             path=str(tmp_path / "trial_a"), get_best_checkpoint=no_checkpoint)
+    grid = type("Grid", (list,), {"get_best_result": lambda self, **kw: result})([result])
+    paths = plan_run(space)
+    with pytest.raises(UserError, match=r"^no trial reported accuracy/val with a checkpoint, nothing exported"):
+        finish(space, grid, paths, arrays=None)
+    assert list(pd.read_csv(paths.local / "results.csv")["trial_id"]) == ["a"]
+
+
 def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):
     """GPU trials report memory/cuda_peak_mb (trial.WorkerMemory): results.csv gets peak_gpu_mb."""
     from types import SimpleNamespace

@@ -269,11 +269,11 @@ def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interru
         print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with: "
               f"{resilience.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
-    try:
+    try:  # Ray raises RuntimeError when no trial, or the best trial, has a (scored) checkpoint
         best = grid.get_best_result(metric=s.metric, mode=s.mode, scope="all", filter_nan_and_inf=True)
+        checkpoint = best.get_best_checkpoint(s.metric, s.mode)
     except RuntimeError:
-        best = None
-    checkpoint = best.get_best_checkpoint(s.metric, s.mode) if best is not None else None
+        checkpoint = None
     if checkpoint is None:
         first = next((r.error for r in grid if r.error), None)
         reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
