@@ -5,7 +5,7 @@ and run in a plain batched ``torch.inference_mode`` loop. It loads ``--best`` (`
 default), an export folder (``--export``) or a training checkpoint (``--checkpoint``); then it evaluates the
 model on its dataset's test split (metrics.json, predictions.csv), classifies image files (``--images``) or
 converts it to ONNX / TorchScript (``--to``). The config is the model's config.yaml changed by ``--data-path``,
-``--batch-size`` and ``key=value`` overrides; outputs go to ``--out`` or ``<export or run folder>/predict/<time>/``.
+``--batch-size`` and ``key=value`` overrides; outputs go to ``--out`` or ``<folder holding the export, or run folder>/predict/<time>/``.
 
 Modules, in the order of a run: cli (arguments, main), loading and network (export or checkpoint),
 settings (config), inference (device, batches, decisions), then evaluation (the test split), images
