@@ -56,6 +56,19 @@ def test_predict_mode_reproduces_test_metrics(tiny_cfg):
     assert again["test"]["accuracy/test"] == pytest.approx(first["test"]["accuracy/test"])
 
 
+@needs_fashion
+def test_predict_mode_refuses_data_of_another_kind(tiny_cfg, tmp_path, capsys):
+    """Same class count (10), other classes, channels and size: one line, not a shape error in a conv."""
+    first = train.run(tiny_cfg())
+    ckpt = Path(first["output_dir"]) / first["best_checkpoint"]
+    with pytest.raises(SystemExit):
+        train.main(["data=fashion_mnist", "model=small_cnn", "model.model_name=tiny_cnn", "trainer.accelerator=cpu",
+                    "run.predict=true", f"run.checkpoint_path={ckpt}", f"run.output_dir={tmp_path / 'fm'}"])
+    err = capsys.readouterr().err
+    assert "class mismatch: the model's classes are airplane, automobile, bird, cat, ... (10 in all) but " \
+           "fashion_mnist at /usr/share/datasets/fashion-mnist has T-shirt/top" in err and ckpt.name in err
+
+
 def test_resume_continues_from_last_epoch(tiny_cfg):
     first = train.run(tiny_cfg("trainer.max_epochs=1"))
     last = Path(first["output_dir"]) / "checkpoints" / "last.ckpt"

@@ -180,9 +180,10 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
         if not cfg.run.checkpoint_path:
             raise UserError("config: run.predict=true needs run.checkpoint_path=<file.ckpt>")
         system = load_system(cfg.run.checkpoint_path)
-        if len(system.input_spec.classes) != len(arrays.classes):
-            raise UserError(f"checkpoint {cfg.run.checkpoint_path} has {len(system.input_spec.classes)} "
-                            f"classes but {cfg.data.name} has {len(arrays.classes)}")
+        spec = system.input_spec
+        arrays.check_fits(list(spec.classes), system.kind == "multilabel", spec.in_chans, spec.image_size,
+                          where=f"{cfg.data.name} at {cfg.data.dataset_path or 'its default folder'}",
+                          hint=f" (model: {cfg.run.checkpoint_path}; choose its data with data=...)")
     else:
         system = build_system(cfg, arrays)
         if cfg.run.checkpoint_path:

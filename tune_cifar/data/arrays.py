@@ -40,6 +40,32 @@ class ImageArrays:
     def multilabel(self) -> bool:
         return self.train_y.ndim == 2
 
+    def check_fits(self, classes: list[str], multilabel: bool, in_chans: int, image_size: tuple[int, int],
+                   where: str, hint: str = "") -> None:
+        """Refuse (one line) to score a model on data other than its kind: classes, labels, channels, size."""
+        if self.num_classes != len(classes):
+            raise UserError(f"class-count mismatch: the model has {len(classes)} classes ({preview(classes)}) "
+                            f"but {where} has {self.num_classes} ({preview(self.classes)}){hint}")
+        if list(self.classes) != list(classes):
+            raise UserError(f"class mismatch: the model's classes are {preview(classes)} but {where} has "
+                            f"{preview(self.classes)}{hint}")
+        if self.multilabel != multilabel:
+            raise UserError(f"{where} has {'multi-hot' if self.multilabel else 'single-class'} labels but the "
+                            f"model is {'multilabel' if multilabel else 'single-label'}")
+        if self.in_chans != in_chans:
+            raise UserError(f"{where} has {self.in_chans}-channel images but the model takes {in_chans}")
+        if self.image_size != tuple(image_size):
+            h, w = image_size
+            size = f"; set data.image_size={h}" if h == w else ""
+            raise UserError(f"{where} has {self.image_size[0]}x{self.image_size[1]} images but the model "
+                            f"was trained on {h}x{w}{size}")
+
+
+def preview(names, n: int = 4) -> str:
+    """The first ``n`` names, and how many there are in all."""
+    names = list(names)
+    return ", ".join(map(str, names[:n])) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images [N, C, H, W], in [0, 1] units."""

@@ -19,7 +19,6 @@ from .clock import Clock
 from .inference import (class_probs, decide, effective_threshold, infer, label_text, probabilities,
                         top_k_cells, top_k_header)
 from .loading import Loaded
-from .network import _preview
 from .output import PRINT_ROWS, make_out_dir
 
 
@@ -35,24 +34,8 @@ def load_test_split(cfg: Config, loaded: Loaded) -> tuple[np.ndarray, np.ndarray
     if d.label_groups:
         arrays = group_labels(arrays, d.label_groups)
     where = f"{d.name} at {d.dataset_path or 'its default folder'}"
-    model_classes = loaded.classes
-    if arrays.num_classes != len(model_classes):
-        raise UserError(f"class-count mismatch: the model has {len(model_classes)} classes ({_preview(model_classes)}) "
-                        f"but {where} has {arrays.num_classes} ({_preview(arrays.classes)}); evaluate it on data "
-                        f"with its classes (--data-path, data.* overrides)")
-    if list(arrays.classes) != model_classes:
-        raise UserError(f"class mismatch: the model's classes are {_preview(model_classes)} but {where} has "
-                        f"{_preview(arrays.classes)}")
-    if arrays.multilabel != (loaded.kind == "multilabel"):
-        raise UserError(f"{where} has {'multi-hot' if arrays.multilabel else 'single-class'} labels but the "
-                        f"model is {loaded.kind}")
-    if arrays.in_chans != loaded.in_chans:
-        raise UserError(f"{where} has {arrays.in_chans}-channel images but the model takes {loaded.in_chans}")
-    if arrays.image_size != loaded.image_size:
-        h, w = loaded.image_size
-        hint = f"; set data.image_size={h}" if h == w else ""
-        raise UserError(f"{where} has {arrays.image_size[0]}x{arrays.image_size[1]} images but the model "
-                        f"was trained on {h}x{w}{hint}")
+    arrays.check_fits(loaded.classes, loaded.kind == "multilabel", loaded.in_chans, loaded.image_size, where,
+                      hint="; evaluate it on data with its classes (--data-path, data.* overrides)")
     ids = split_indices(len(arrays.train_x), len(arrays.test_x), d, cfg.run.seed)["test"]
     if len(ids) == 0:
         raise UserError(f"{where} has no test images")

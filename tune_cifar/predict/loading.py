@@ -10,9 +10,10 @@ from pathlib import Path
 import yaml
 
 from ..checkpoint import read_checkpoint
+from ..data.arrays import preview
 from ..errors import UserError
 from ..export import FORMAT, MANIFEST, MODEL_FILE, find_best
-from .network import InferenceModel, _preview, build_network
+from .network import InferenceModel, build_network
 
 KINDS = {
     "classification_binary": "binary",
@@ -117,8 +118,8 @@ def load_export(path: Path) -> Loaded:
     hp = ckpt["hyper_parameters"]
     listed = manifest.get("classes")
     if listed and list(listed) != list(hp["input_spec"]["classes"]):
-        raise UserError(f"{path}: {MANIFEST} lists classes {_preview(listed)} but {model_file.name} has "
-                        f"{_preview(hp['input_spec']['classes'])}: the files come from different models")
+        raise UserError(f"{path}: {MANIFEST} lists classes {preview(listed)} but {model_file.name} has "
+                        f"{preview(hp['input_spec']['classes'])}: the files come from different models")
     config = _yaml_file(path / "config.yaml")
     _check_config_matches(path, hp, config)
     net = build_network(ckpt, model_file)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import normalization_buffers, normalize
+from ..data.arrays import preview
 from ..errors import UserError
 from ..models import ModelSpec, build_model
 
@@ -33,11 +34,6 @@ class InferenceModel(nn.Module):
         return self.model(normalize(x, self.mean, self.std, self.channels_last))
 
 
-def _preview(names: Sequence[str], n: int = 4) -> str:
-    names = list(names)
-    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
-
-
 def build_network(ckpt: dict, path: Path) -> InferenceModel:
     """Rebuild the network from the checkpoint's hyper-parameters and load its weights strictly."""
     hp = ckpt["hyper_parameters"]
@@ -60,8 +56,8 @@ def build_network(ckpt: dict, path: Path) -> InferenceModel:
         detail = lines[0] if lines else str(err).strip().splitlines()[0]
         raise UserError(f"{path}: weights are from a different model than {what}: {detail[:200]}") from None
     if missing or unexpected:
-        parts = [f"{len(missing)} missing ({_preview(missing, 3)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({_preview(unexpected, 3)})" if unexpected else ""]
+        parts = [f"{len(missing)} missing ({preview(missing, 3)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({preview(unexpected, 3)})" if unexpected else ""]
         raise UserError(f"{path}: weights are from a different model than {what}: "
                         f"{'; '.join(p for p in parts if p)} parameter names")
     return net.eval()
