@@ -339,6 +339,25 @@ def test_image_folder_holdout_gray_and_resize(tmp_path):
     np.testing.assert_array_equal(a.test_x, b.test_x)  # seeded holdout
 
 
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_in_training_and_predict(tmp_path):
+    """16-bit PNGs (scientific, medical): PIL's convert('L') would clip every value above 255 to white."""
+    from PIL import Image
+
+    from tune_cifar.predict.images import read_image
+
+    values = np.array([[0, 257, 32896], [65535, 1000, 12850]], dtype=np.uint16)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(values).save(tmp_path / split / cls / "x.png")
+    assert Image.open(tmp_path / "train" / "a" / "x.png").mode.startswith("I")
+    want = np.array([[0, 1, 128], [255, 4, 50]], dtype=np.uint8)
+    a = load_source("folder", tmp_path)
+    assert a.train_x.shape == (2, 1, 2, 3)
+    np.testing.assert_array_equal(a.train_x[0, 0], want)
+    np.testing.assert_array_equal(read_image(tmp_path / "test" / "a" / "x.png", 1, (2, 3))[0], want)
+
+
 def test_image_folder_sizes_must_match(tmp_path):
     from PIL import Image
 

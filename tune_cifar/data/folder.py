@@ -15,36 +15,53 @@ from .arrays import ImageArrays, channel_stats
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L")  # 16-bit grayscale PNGs open in one of these modes
+_GRAY_MODES = ("1", "L", "LA", "F", *_SIXTEEN_BIT)
 
 
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
 
 
+def to_mode(img, mode: str):
+    """``img.convert(mode)``, except that 16-bit grayscale is scaled to 8 bits (PIL would clip it at 255).
+    Training (image folders) and predict (--images) decode with this one function."""
+    if img.mode in _SIXTEEN_BIT:
+        from PIL import Image
+
+        scaled = np.rint(np.asarray(img, dtype=np.float64) * (255.0 / 65535.0))
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    return img.convert(mode)
+
+
 def _read_images(files: list[Path], image_size: Optional[int]) -> np.ndarray:
-    """Decode, convert (L if all grayscale, else RGB) and resize to uint8 [N, C, H, W]."""
+    """Decode, convert (L if all grayscale, else RGB) and resize to uint8 [N, C, H, W], one image at a
+    time (the headers first, for the mode and size: full-size pixels are never all in memory)."""
     from PIL import Image
 
-    images = []
+    def unreadable(file: Path, err: Exception) -> UserError:  # PIL raises UnidentifiedImageError, OSError, ...
+        return UserError(f"{file}: unreadable image ({type(err).__name__}: {err})")
+
+    headers = []
     for file in files:
         try:
+            with Image.open(file) as img:  # reads the header only
+                headers.append((img.mode, img.size))
+        except Exception as err:
+            raise unreadable(file, err) from None
+    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
+    size = (image_size, image_size) if image_size else headers[0][1]  # PIL sizes are (W, H)
+    out = np.empty((len(files), 1 if mode == "L" else 3, size[1], size[0]), dtype=np.uint8)
+    for i, (file, (_, file_size)) in enumerate(zip(files, headers)):
+        if file_size != size and not image_size:
+            raise UserError(f"{file}: size {file_size[0]}x{file_size[1]} differs from {files[0].name} "
+                            f"({size[0]}x{size[1]}); set data.image_size to resize all images")
+        try:
             with Image.open(file) as img:
-                img.load()
-                images.append(img.copy())
-        except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-            raise UserError(f"{file}: unreadable image ({type(err).__name__}: {err})") from None
-    mode = "L" if all(img.mode in _GRAY_MODES for img in images) else "RGB"
-    size = (image_size, image_size) if image_size else images[0].size  # PIL sizes are (W, H)
-    out = np.empty((len(images), 1 if mode == "L" else 3, size[1], size[0]), dtype=np.uint8)
-    for i, (file, img) in enumerate(zip(files, images)):
-        img = img.convert(mode)
+                img = to_mode(img, mode)
+        except Exception as err:
+            raise unreadable(file, err) from None
         if img.size != size:
-            if not image_size:
-                raise UserError(
-                    f"{file}: size {img.size[0]}x{img.size[1]} differs from {files[0].name} "
-                    f"({size[0]}x{size[1]}); set data.image_size to resize all images"
-                )
             img = img.resize(size, Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.folder import IMAGE_SUFFIXES  # light: numpy only
+from ..data.folder import IMAGE_SUFFIXES, to_mode  # light: numpy (PIL when called)
 from ..errors import UserError
 from .clock import Clock
 from .inference import (class_probs, decide, effective_threshold, infer, label_text, probabilities,
@@ -44,8 +44,7 @@ def read_image(path: Path, in_chans: int, size_hw: tuple[int, int]) -> np.ndarra
 
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[in_chans]
     with Image.open(path) as img:
-        img.load()
-        img = img.convert(mode)
+        img = to_mode(img, mode)  # as training decoded image folders (16-bit grayscale scaled)
     h, w = size_hw
     if img.size != (w, h):
         img = img.resize((w, h), Image.Resampling.BILINEAR)
