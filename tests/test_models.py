@@ -323,6 +323,31 @@ def test_probe_gives_up_on_a_silent_server():
         assert time.monotonic() - start < 2
 
 
+@pytest.mark.parametrize("provider,name", [("timm", "test_resnet"), ("torchvision", "resnet18")])
+def test_checkpoint_of_a_pretrained_model_loads_offline(provider, name, empty_caches, monkeypatch):
+    """The checkpoint holds every weight: rebuilding a fine-tuned pretrained model fetches nothing
+    (training, predict and export all load checkpoints this way)."""
+    from tune_cifar.config import OptimizerConfig, TaskConfig
+    from tune_cifar.predict.network import build_network
+    from tune_cifar.system import ClassificationSystem, InputSpec, load_system
+
+    spec = ModelSpec(provider=provider, name=name, num_classes=3, in_chans=1, pretrained=True)
+    inp = InputSpec(classes=("a", "b", "c"), in_chans=1, image_size=(32, 32), mean=(0.5,), std=(0.25,))
+    torch.manual_seed(0)
+    trained = ClassificationSystem(spec, TaskConfig(), OptimizerConfig(), inp, fetch_weights=False)
+    ckpt = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
+    assert ckpt["hyper_parameters"]["model_spec"]["pretrained"] is True
+    torch.save(ckpt, empty_caches / "model.ckpt")
+    monkeypatch.setattr(models, "_with_weights", lambda *a: pytest.fail("pretrained weights fetched"))
+
+    x = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    loaded = load_system(empty_caches / "model.ckpt").eval()
+    with torch.no_grad():
+        want = trained.eval()(x)
+        torch.testing.assert_close(loaded(x), want)
+        torch.testing.assert_close(build_network(ckpt, empty_caches / "model.ckpt").eval()(x), want)
+
+
 def test_pretrained_torchvision_from_cache_keeps_weights(empty_caches, monkeypatch):
     monkeypatch.setattr(models, "_reachable", lambda h: pytest.fail("no network needed when cached"))
     torch.manual_seed(3)

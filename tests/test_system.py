@@ -151,6 +151,41 @@ def test_configure_optimizers(optimizer, sched, cls):
     assert all(p.ndim <= 1 for p in groups[1]["params"]) and all(p.ndim > 1 for p in groups[0]["params"])
 
 
+def test_onecycle_keeps_the_configured_momentum():
+    """PyTorch's OneCycleLR cycles momentum by default, overwriting optimizer.momentum: not here."""
+    system = _system(optimizer="sgd")
+    system.optim_cfg.scheduler.name, system.optim_cfg.momentum = "onecycle", 0.5
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+        max_epochs = 10
+
+    system.trainer = FakeTrainer()  # type: ignore[assignment]
+    out = system.configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(30):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(g["momentum"] == 0.5 for g in opt.param_groups)
+    assert lrs[0] < lrs[25] == pytest.approx(0.01, rel=0.05)  # warms up to optimizer.lr at 30% of the steps
+
+
+@pytest.mark.parametrize("task, n, outputs", [("classification_binary", 2, 1), ("classification_multilabel", 3, 3)])
+def test_label_smoothing_applies_to_sigmoid_tasks(task, n, outputs):
+    """Targets 0/1 become s/2 and 1-s/2 (each sigmoid output is a two-class problem)."""
+    system = _system(task, n=n, outputs=outputs)
+    logits = torch.tensor([[4.0, -3.0, 0.5]])[:, :outputs]
+    y = torch.tensor([[1.0, 0.0, 1.0]])[:, :outputs]
+    y = y.squeeze(1).long() if outputs == 1 else y
+    plain = system.loss(logits, y)
+    system.task.label_smoothing = 0.2
+    target = torch.tensor([[0.9, 0.1, 0.9]])[:, :outputs]
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert system.loss(logits, y) == pytest.approx(want.item()) and want > plain
+
+
 def test_compiled_model_keeps_checkpoint_keys_and_logits(monkeypatch):
     torch.manual_seed(0)
     system = _system().eval()

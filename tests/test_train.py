@@ -77,6 +77,18 @@ def test_resume_continues_from_last_epoch(tiny_cfg):
     assert ckpt["epoch"] == 1  # second epoch, not a fresh first one
 
 
+def test_resuming_onecycle_with_another_length_is_one_clear_error(tiny_cfg, cifar10_root, tmp_path, capsys):
+    """OneCycle's length comes back from the checkpoint: a longer run would fail mid-epoch in PyTorch."""
+    first = train.run(tiny_cfg("trainer.max_epochs=1", "optimizer.scheduler.name=onecycle"))
+    last = Path(first["output_dir"]) / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_overrides(cifar10_root, tmp_path / "again", "trainer.max_epochs=2", "run.resume=true",
+                                  "optimizer.scheduler.name=onecycle", f"run.checkpoint_path={last}"))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert "optimizer.scheduler.name=onecycle: the checkpoint's schedule is 5 steps but this run has 10" in err
+
+
 def test_transfer_learning_keeps_body_and_resets_head(cifar100_root, tiny_cfg, tmp_path):
     src = train.run(load_config(tiny_overrides(cifar100_root, tmp_path / "o100", "data=cifar100")))
     src_ckpt = Path(src["output_dir"]) / src["best_checkpoint"]

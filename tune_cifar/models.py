@@ -157,37 +157,49 @@ def check_model_name(provider: str, name: str) -> None:
         check_choice("model.model_name", name, _BUILTIN)
 
 
-def _create_timm(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
+# What torchvision's builders set when given weights; set here too when a pretrained architecture is
+# rebuilt without them (its weights come from a checkpoint).
+_TORCHVISION_WEIGHTS_IMPLY = {
+    "googlenet": {"transform_input": True, "aux_logits": False, "init_weights": False},
+    "inception_v3": {"transform_input": True, "init_weights": False},
+}
+
+
+def _create_timm(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) -> nn.Module:
     import huggingface_hub.constants as hf_constants
     import timm
 
     check_model_name("timm", name)
 
     def build():
-        return _call(f"timm/{name}", timm.create_model, kwargs, name, pretrained=pretrained,
+        return _call(f"timm/{name}", timm.create_model, kwargs, name, pretrained=pretrained and fetch,
                      num_classes=num_classes, in_chans=in_chans)
 
-    if not pretrained:
-        return build()
+    if not (pretrained and fetch):
+        return build()  # timm builds the same architecture with or without the weights
     return _with_weights(f"timm/{name}", urlparse(hf_constants.ENDPOINT).hostname, build)
 
 
-def _create_torchvision(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
+def _create_torchvision(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) -> nn.Module:
     import torchvision
 
     check_model_name("torchvision", name)
     what = f"torchvision/{name}"
     if pretrained:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        model = _with_weights(what, urlparse(weights.url).hostname,
-                              lambda: _call(what, torchvision.models.get_model, kwargs, name, weights=weights))
+        if fetch:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+            model = _with_weights(what, urlparse(weights.url).hostname,
+                                  lambda: _call(what, torchvision.models.get_model, kwargs, name, weights=weights))
+        else:  # the pretrained architecture (ImageNet head, then replaced as below), no download
+            fixed = {**_TORCHVISION_WEIGHTS_IMPLY.get(name, {}), **kwargs}
+            model = _call(what, torchvision.models.get_model, fixed, name, weights=None)
         model = change_last_layer(model, num_classes)
     else:
         model = _call(what, torchvision.models.get_model, kwargs, name, weights=None, num_classes=num_classes)
     return change_first_conv(model, in_chans) if in_chans != 3 else model
 
 
-def _create_builtin(name, num_classes, in_chans, pretrained, **kwargs) -> nn.Module:
+def _create_builtin(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) -> nn.Module:
     check_model_name("builtin", name)
     if pretrained:
         raise UserError("model.model_kwargs.pretrained=True is not allowed for provider 'builtin' "
@@ -222,13 +234,15 @@ def _check_positive_int(key: str, value) -> None:
 
 
 def create_model(provider: str, name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
-                 cifar_stem: bool = False, **kwargs) -> nn.Module:
-    """Create ``name`` from ``provider``; ``kwargs`` go to the provider's constructor."""
+                 cifar_stem: bool = False, *, fetch: bool = True, **kwargs) -> nn.Module:
+    """Create ``name`` from ``provider``; ``kwargs`` go to the provider's constructor.
+
+    ``fetch=False``: a pretrained model's architecture without its weights (to load a checkpoint into)."""
     check_choice("model.provider_name", provider, PROVIDERS)
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_chans", in_chans)
     check_choice("model.model_kwargs.pretrained", pretrained, [True, False])
-    model = PROVIDERS[provider](name, num_classes, in_chans, pretrained, **kwargs)
+    model = PROVIDERS[provider](name, num_classes, in_chans, pretrained, fetch, **kwargs)
     return apply_cifar_stem(model) if cifar_stem else model
 
 
@@ -350,10 +364,12 @@ class ModelSpec:
         return cls(**{**d, "kwargs": dict(d.get("kwargs") or {})})
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """create_model, then first-conv, last-layer and identity modifiers (in that order)."""
+def build_model(spec: ModelSpec, fetch: bool = True) -> nn.Module:
+    """create_model, then first-conv, last-layer and identity modifiers (in that order).
+
+    ``fetch=False`` when the weights come from a checkpoint: pretrained ones are not downloaded again."""
     model = create_model(spec.provider, spec.name, spec.num_classes, spec.in_chans, spec.pretrained,
-                         spec.cifar_stem, **spec.kwargs)
+                         spec.cifar_stem, fetch=fetch, **spec.kwargs)
     if spec.first_conv_channels is not None:
         model = change_first_conv(model, spec.first_conv_channels)
     if spec.last_layer_outputs is not None:

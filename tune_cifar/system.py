@@ -73,7 +73,7 @@ class ClassificationSystem(pl.LightningModule):
     alive: "weakref.WeakSet[ClassificationSystem]" = weakref.WeakSet()  # not yet freed (see trial.live_models)
 
     def __init__(self, model_spec: ModelSpec, task: TaskConfig, optimizer: OptimizerConfig,
-                 input_spec: InputSpec, channels_last: bool = False):
+                 input_spec: InputSpec, channels_last: bool = False, fetch_weights: bool = True):
         super().__init__()
         ClassificationSystem.alive.add(self)
         self.save_hyperparameters({
@@ -86,7 +86,7 @@ class ClassificationSystem(pl.LightningModule):
         self.model_spec, self.task, self.optim_cfg, self.input_spec = model_spec, task, optimizer, input_spec
         self.kind = TASK_KIND[task.task]
         self.channels_last = channels_last
-        self.model = build_model(model_spec)
+        self.model = build_model(model_spec, fetch=fetch_weights)  # False: weights from a checkpoint
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         mean, std = normalization_buffers(input_spec.in_chans, input_spec.mean, input_spec.std)
@@ -127,11 +127,22 @@ class ClassificationSystem(pl.LightningModule):
         return probs.squeeze(1) if self.kind == "binary" else probs
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        smoothing = self.task.label_smoothing
         if self.kind == "multiclass":
-            return F.cross_entropy(logits, y, label_smoothing=self.task.label_smoothing)
+            return F.cross_entropy(logits, y, label_smoothing=smoothing)
         if self.kind == "binary":
             logits = logits.squeeze(1)
-        return F.binary_cross_entropy_with_logits(logits, y.float())
+        target = y.float() * (1.0 - smoothing) + 0.5 * smoothing  # each sigmoid output is a 2-class problem
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def on_train_start(self) -> None:
+        sched = self.lr_schedulers()
+        total = int(self.trainer.estimated_stepping_batches)
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != total:
+            # a resumed run restores the schedule's length: it would fail when it runs past it
+            raise UserError(f"optimizer.scheduler.name=onecycle: the checkpoint's schedule is {sched.total_steps} "
+                            f"steps but this run has {total}; resume with its trainer.max_epochs and batch size, "
+                            f"or use scheduler cosine (its length follows trainer.max_epochs)")
 
     # -- steps --------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -179,7 +190,9 @@ class ClassificationSystem(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         if cfg.scheduler.name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+            # cycle_momentum=False: the configured momentum (SGD) / beta1 (Adam) stays as given;
+            # PyTorch's default would overwrite it with its own 0.85-0.95 cycle
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, cycle_momentum=False)
         else:
             warmup = int(cfg.scheduler.warmup_epochs * per_epoch)
             sched = torch.optim.lr_scheduler.LambdaLR(
@@ -198,6 +211,7 @@ def system_from_hparams(hp: dict) -> ClassificationSystem:
         optimizer=_build(OptimizerConfig, hp["optimizer"], "optimizer"),
         input_spec=InputSpec.from_dict(hp["input_spec"]),
         channels_last=bool(hp.get("channels_last", False)),
+        fetch_weights=False,  # the checkpoint holds every weight: no download, works offline
     )
 
 

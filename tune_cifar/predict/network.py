@@ -45,7 +45,7 @@ def build_network(ckpt: dict, path: Path) -> InferenceModel:
             raise ValueError("input_spec mean/std/classes do not fit in_chans")
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path}: malformed hyper_parameters ({type(err).__name__}: {err})") from None
-    net = InferenceModel(build_model(spec), in_chans, mean, std, bool(hp.get("channels_last", False)))
+    net = InferenceModel(build_model(spec, fetch=False), in_chans, mean, std, bool(hp.get("channels_last", False)))
     state = {k: v for k, v in ckpt["state_dict"].items()
              if k.startswith("model.") or k in ("mean", "std")}  # metric states are not weights
     what = f"{spec.provider}/{spec.name} with {spec.num_classes} outputs"
