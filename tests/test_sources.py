@@ -475,3 +475,21 @@ def test_subset():
     assert subset(x, y, None, seed=0)[0] is x and len(subset(x, y, 500, seed=0)[0]) == 100
     with pytest.raises(UserError):
         subset(x, y, 0, seed=0)
+
+
+def test_val_and_test_rows_do_not_depend_on_the_training_subset():
+    """Runs with and without data.train_subset are scored on the same validation and test images."""
+    from tune_cifar.config import DataConfig
+    from tune_cifar.data.splits import split_indices
+
+    def split(**kw):
+        return split_indices(5000, 1000, DataConfig(val_fraction=0.2, val_subset=300, test_subset=200, **kw), seed=4)
+
+    full, small, smaller = split(), split(train_subset=1000), split(train_subset=400)
+    for part in ("val", "test"):
+        assert full[part].tolist() == small[part].tolist() == smaller[part].tolist()
+    assert len(full["val"]) == 300 and len(full["test"]) == 200 and len(small["train"]) == 1000
+    assert set(smaller["train"]) <= set(full["train"]) and not set(full["train"]) & set(full["val"])
+    assert split()["val"].tolist() == full["val"].tolist()  # seeded
+    assert split_indices(5000, 1000, DataConfig(val_fraction=0.2, val_subset=300), seed=5)["val"].tolist() \
+        != full["val"].tolist()
