@@ -62,6 +62,25 @@ class _Batches(torch.utils.data.Dataset):
         return self.x[idx], self.y[idx]
 
 
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of one epoch's random draws (stream 0: shuffle order, 1: augmentation)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+class _EpochBatches(BatchSampler):
+    """Shuffled batches in an order fixed by (seed, epoch): Lightning calls ``set_epoch``, so a resumed
+    run (or a retried Ray trial) goes on with the order of its next epoch, not the first epoch's."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int):
+        self.generator = torch.Generator()
+        super().__init__(RandomSampler(range(n), generator=self.generator), batch_size, drop_last)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(epoch_seed(self.seed, epoch, 0))
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Train/val/test splits of an ImageArrays; seeded split, optional subsets."""
 
@@ -71,6 +90,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.device = device  # where to keep the data; default: decided by data.on_device and the trainer
         self.augment = Augment(cfg.augment.crop_padding, cfg.augment.flip, cfg.augment.cutout)
         self._splits: dict[str, _Batches] = {}
+        self._augment_rng: tuple[int, torch.Generator] | None = None  # (epoch, its generator)
         self.split_indices: dict[str, np.ndarray] = {}
 
     # -- splits ---------------------------------------------------------------
@@ -114,14 +134,11 @@ class ImageDataModule(pl.LightningDataModule):
     # -- loaders --------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self._splits[name]
-        if shuffle:
-            gen = torch.Generator().manual_seed(self.seed)  # advances across epochs: new order each epoch
-            sampler = RandomSampler(ds, generator=gen)
-        else:
-            sampler = SequentialSampler(ds)
         drop_last = shuffle and len(ds) > batch_size
+        batches = (_EpochBatches(len(ds), batch_size, drop_last, self.seed) if shuffle
+                   else BatchSampler(SequentialSampler(ds), batch_size, drop_last))
         on_device = ds.x.device.type != "cpu"
-        return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None,
+        return DataLoader(ds, sampler=batches, batch_size=None,
                           num_workers=0 if on_device else self.cfg.num_workers,
                           pin_memory=not on_device and torch.cuda.is_available(),
                           persistent_workers=self.cfg.num_workers > 0 and not on_device)
@@ -138,8 +155,13 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", self.cfg.inference_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Augment training batches where they now live (the training device)."""
+        """Augment training batches where they now live (the training device), with draws seeded by
+        (seed, epoch) like the shuffle order: a resumed run does not repeat its first epoch's crops."""
         if self.trainer is not None and self.trainer.training:
             x, y = batch
-            batch = (self.augment(x), y)
+            epoch = self.trainer.current_epoch
+            if self._augment_rng is None or self._augment_rng[0] != epoch or self._augment_rng[1].device != x.device:
+                gen = torch.Generator(device=x.device).manual_seed(epoch_seed(self.seed, epoch, 1))
+                self._augment_rng = (epoch, gen)
+            batch = (self.augment(x, self._augment_rng[1]), y)
         return batch
