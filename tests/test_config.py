@@ -91,6 +91,9 @@ def test_config_from_dict_round_trip_and_set_dotted():
     assert again.optimizer.lr == 0.5 and again.model.model_name == "resnet34"
     with pytest.raises(UserError, match="optimizer.nope"):
         set_dotted(data, "optimizer.nope.deeper", 1)
+    with pytest.raises(UserError, match=r"^config: data.name is a value \('cifar10'\), not a section: "
+                                        r"data.name.foo does not exist$"):
+        set_dotted(data, "data.name.foo", 1)
 
 
 def test_compose_returns_resolvable_dictconfig():

@@ -65,7 +65,7 @@ def multilabel(tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs")
     overrides = [o for o in tiny_overrides(root, out) if not o.startswith(("data=", "data.dataset_path"))]
     overrides = ["data=folder", f"data.dataset_path={root}", "data.num_classes=4", "data.labels_csv=labels.csv",
-                 "task=classification_multilabel", *overrides]
+                 "task=classification_multilabel", "task.label_smoothing=0.1", *overrides]
     return _trained(tmp_path_factory, root, overrides=overrides)
 
 
@@ -144,6 +144,7 @@ def test_binary_export_uses_the_threshold(binary, tmp_path):
     r = predict.main(["--export", str(binary["export"]), "--out", str(tmp_path / "a")])
     assert r["task"] == "binary" and r["threshold"] == 0.5
     assert r["accuracy"] == pytest.approx(binary["result"]["test"]["accuracy/test"], abs=1e-6)
+    assert r["metrics"]["loss/test"] == pytest.approx(binary["result"]["test"]["loss/test"], rel=1e-5)
     assert np.array(r["confusion_matrix"]["matrix"]).shape == (2, 2)
     low = predict.main(["--export", str(binary["export"]), "--out", str(tmp_path / "b"), "--threshold", "1e-6"])
     assert low["threshold"] == 1e-6 and low["per_class_accuracy"]["animal"] == 1.0  # everything is class 1
@@ -155,6 +156,8 @@ def test_multilabel_export_uses_the_threshold(multilabel, tmp_path):
     r = predict.main(["--export", str(multilabel["export"]), "--out", str(tmp_path / "a")])
     assert r["task"] == "multilabel" and set(r["per_class_accuracy"]) == {"cat", "dog", "fox", "night"}
     assert r["accuracy"] == pytest.approx(multilabel["result"]["test"]["accuracy/test"], abs=1e-6)
+    # the loss as in training: with the export's label smoothing
+    assert r["metrics"]["loss/test"] == pytest.approx(multilabel["result"]["test"]["loss/test"], rel=1e-5)
     assert 0 <= r["exact_match"] <= 1 and np.array(r["confusion_matrix"]["matrix"]).shape == (4, 2, 2)
     rows = _rows(tmp_path / "a" / "predictions.csv")
     assert all(set(filter(None, row["true"].split(";"))) <= {"cat", "dog", "fox", "night"} for row in rows)

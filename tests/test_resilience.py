@@ -195,7 +195,8 @@ def test_optuna_study_is_persistent_and_warm_starts(tmp_path, data_root):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune_cifar.resilience import optuna_storage, study_name
+    from tune_cifar.errors import UserError
+    from tune_cifar.resilience import check_study_direction, optuna_storage, study_name
     from tune_cifar.space import load_space, make_sampler
 
     db = tmp_path / "db" / "optuna.db"
@@ -216,6 +217,15 @@ def test_optuna_study_is_persistent_and_warm_starts(tmp_path, data_root):
     assert [t.value for t in again._ot_study.trials] == pytest.approx([0.0, 0.1, 0.2])
     loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")  # what optuna-dashboard reads
     assert len(loaded.trials) == 3 and set(loaded.trials[0].params) >= {"optimizer.optimizer", "optimizer.lr"}
+
+    # The same study for the other direction: Optuna would load it as it is (maximize) and TPE would
+    # steer toward high losses; refused before anything runs.
+    check_study_direction(optuna_storage(s), s)
+    other = load_space(space_file(tmp_path, data_root, {"optuna_storage": f"sqlite:///{db}", "metric": "loss/val",
+                                                         "mode": "min"}, name="loss.yaml"))
+    with pytest.raises(UserError, match=r"^search.optuna_storage: study 'tiny' \(3 trials\) was created to maximize, "
+                                        r"but search.mode=min \(loss/val\) needs minimize; choose another study"):
+        check_study_direction(optuna_storage(other.search), other.search)
 
 
 # --------------------------------------------------------------------------- Ray: failing trials

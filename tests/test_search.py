@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -157,10 +158,50 @@ def test_debug_bad_params_and_gpu_exit_2(tmp_path, data_root, capsys):
         assert err.endswith("search.resources.gpu=0.5 but this machine has no GPU; allowed: 0 (CPU trials)")
 
 
-def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, data_root):
-    """Ray raises RuntimeError when the best trial has no scored checkpoint: a UserError, results kept."""
+def _fake_result(tmp_path, trial_id: str, accs: list, checkpoints=(), error=None, reason=None):
+    """What Ray's ResultGrid yields, reduced: curves, and (checkpoint, metrics) for the kept epochs."""
     from types import SimpleNamespace
 
+    import pandas as pd
+
+    from tune_cifar.resilience import STOP_REASON
+
+    df = pd.DataFrame({"training_iteration": range(1, len(accs) + 1), "accuracy/val": accs,
+                       "time_total_s": [float(i) for i in range(1, len(accs) + 1)]})
+    kept = [(SimpleNamespace(path=f"{trial_id}/{e}"), {"training_iteration": e, "accuracy/val": accs[e - 1]})
+            for e in checkpoints]
+
+    def get_best_checkpoint(metric, mode):  # as ray.tune.Result: RuntimeError when there is none
+        if not kept:
+            raise RuntimeError("No checkpoint exists in the trial directory!")
+        return max(kept, key=lambda cm: cm[1][metric])[0]
+
+    return SimpleNamespace(metrics_dataframe=df, metrics={"trial_id": trial_id, STOP_REASON: reason}, error=error,
+                           config=dict(STRONG), path=str(tmp_path / f"trial_{trial_id}"), best_checkpoints=kept,
+                           get_best_checkpoint=get_best_checkpoint)
+
+
+def test_export_is_the_top_exportable_row_of_results_at_its_best_epoch(tmp_path, data_root):
+    """Failed and errored trials are not exported even when their best value is higher; of tied epochs
+    the later one (the checkpoint Ray keeps) is both results.csv's best_epoch and the export."""
+    from tune_cifar.search import export_choice, results_table
+    from tune_cifar.space import load_space
+
+    space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 3}}))
+    grid = [_fake_result(tmp_path, "diverged", [0.6, 0.95, math.nan], [1, 2], reason="loss/train became nan"),
+            _fake_result(tmp_path, "crashed", [0.97], [1], error=RuntimeError("boom")),
+            _fake_result(tmp_path, "tied", [0.5, 0.9, 0.9], [2, 3]),
+            _fake_result(tmp_path, "plain", [0.4, 0.8, 0.85], [2, 3])]
+    table = results_table(space, grid)
+    assert list(table["trial_id"]) == ["crashed", "diverged", "tied", "plain"]
+    assert list(table["status"]) == ["error", "failed", "completed", "completed"]
+    assert table.set_index("trial_id").loc["tied", "best_epoch"] == 3
+    result, checkpoint, reported = export_choice(space, grid, table)
+    assert (result.metrics["trial_id"], checkpoint.path, reported["training_iteration"]) == ("tied", "tied/3", 3)
+
+
+def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, data_root):
+    """No completed trial with a checkpoint: a UserError, results.csv kept."""
     import pandas as pd
 
     from tune_cifar.errors import UserError
@@ -169,18 +210,12 @@ def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, dat
     from tune_cifar.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 1}}))
-
-    def no_checkpoint(metric, mode):
-        raise RuntimeError("No checkpoint exists in the trial directory!")  # as ray.tune.Result does
-
-    df = pd.DataFrame({"training_iteration": [1], "accuracy/val": [0.5], "time_total_s": [1.0]})
-    result = SimpleNamespace(metrics_dataframe=df, metrics={"trial_id": "a"}, error=None, config=dict(STRONG),
-                             path=str(tmp_path / "trial_a"), get_best_checkpoint=no_checkpoint)
-    grid = type("Grid", (list,), {"get_best_result": lambda self, **kw: result})([result])
+    grid = [_fake_result(tmp_path, "a", [0.5]), _fake_result(tmp_path, "b", [0.7], [1], reason="loss/train: nan")]
     paths = plan_run(space)
-    with pytest.raises(UserError, match=r"^no trial reported accuracy/val with a checkpoint, nothing exported"):
+    with pytest.raises(UserError, match=r"^no completed or early-stopped trial reported accuracy/val with a "
+                                        r"checkpoint, nothing exported"):
         finish(space, grid, paths, arrays=None)
-    assert list(pd.read_csv(paths.local / "results.csv")["trial_id"]) == ["a"]
+    assert list(pd.read_csv(paths.local / "results.csv")["trial_id"]) == ["b", "a"]
 
 
 def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):

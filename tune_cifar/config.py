@@ -361,4 +361,6 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
         if node[part] is None:
             node[part] = {}
         node = node[part]
+    if not isinstance(node, dict):
+        raise UserError(f"config: {'.'.join(parts[:-1])} is a value ({node!r}), not a section: {key} does not exist")
     node[parts[-1]] = value

@@ -5,6 +5,8 @@ Imports torchmetrics only (not Lightning): the search driver and predict use it 
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 import torchmetrics
 
 from .config import Config, TaskConfig
@@ -58,3 +60,13 @@ def check_metrics(cfg: Config) -> None:
     """Build every configured metric once: a bad name or argument fails before data or Ray start."""
     for name, kwargs in cfg.optimizer.metrics.items():
         build_metric(name, kwargs, cfg.task, cfg.data.num_classes)
+
+
+def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training loss (also predict's loss/test): softmax cross-entropy (multiclass) or binary
+    cross-entropy per sigmoid output, where smoothing makes the targets s/2 and 1 - s/2."""
+    if kind == "multiclass":
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if kind == "binary":
+        logits = logits.squeeze(1)
+    return F.binary_cross_entropy_with_logits(logits, y.float() * (1.0 - label_smoothing) + 0.5 * label_smoothing)

@@ -366,6 +366,25 @@ def study_name(s) -> str:
     return getattr(s, "optuna_study", None) or s.experiment
 
 
+def check_study_direction(storage, s) -> None:
+    """An existing persistent study is loaded as it is (Optuna's load_if_exists), direction included:
+    refuse one that optimises the other way rather than let TPE steer toward the worst trials."""
+    if storage is None:
+        return
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name(s), storage=storage)
+    except KeyError:  # no such study yet: it is created with the search's direction
+        return
+    want = "maximize" if s.mode == "max" else "minimize"
+    have = study.direction.name.lower()
+    if have != want:
+        raise UserError(f"search.optuna_storage: study '{study_name(s)}' ({len(study.trials)} trials) was created "
+                        f"to {have}, but search.mode={s.mode} ({s.metric}) needs {want}; choose another study "
+                        f"with search.optuna_study=NAME")
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -135,6 +135,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         overrides = [*overrides, f"search.experiment={paths.experiment}"]
     if paths.resume:
         resilience.check_resume(paths, space, overrides)
+    else:
+        resilience.check_study_direction(resilience.optuna_storage(s), s)
     run_dir = paths.local
     if not address:
         space.check_gpus(torch.cuda.device_count())
@@ -200,6 +202,22 @@ PEAK_METRIC = "memory/cuda_peak_mb"  # trial.WorkerMemory.PEAK (not imported: tr
 PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
 
 
+EXPORTED = ("completed", "stopped early")  # failed, errored and unfinished trials are never exported
+
+
+def trial_id_of(result) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+
+
+def _best_index(values, mode: str):
+    """Index of the best finite value; of tied ones the last (Ray keeps the later of tied checkpoints)."""
+    values = values[values.notna() & ~values.isin([math.inf, -math.inf])]
+    if not len(values):
+        return None
+    best = values.max() if mode == "max" else values.min()
+    return values[values == best].index[-1]
+
+
 def results_table(space: SearchSpace, grid):
     """One row per trial: status, best metric and its epoch, epochs run, time, hyperparameters."""
     import pandas as pd
@@ -210,10 +228,10 @@ def results_table(space: SearchSpace, grid):
         df = result.metrics_dataframe
         has = df is not None and len(df) and s.metric in df
         values = df[s.metric].astype(float) if has else pd.Series(dtype=float)
-        best_i = (values.idxmax() if s.mode == "max" else values.idxmin()) if values.notna().any() else None
+        best_i = _best_index(values, s.mode)
         epochs = int(df["training_iteration"].max()) if has else 0
         reason = (result.metrics or {}).get(resilience.STOP_REASON) or ""  # non-finite loss: ended as failed
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        trial_id = trial_id_of(result)
         status = ("error" if result.error else "failed" if reason else "unfinished" if trial_id in unfinished else
                   "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
         rows.append({
@@ -233,8 +251,26 @@ def results_table(space: SearchSpace, grid):
                *(p.key for p in space.params), "error"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
-        table = table.sort_values(s.metric, ascending=s.mode == "min", na_position="last")
+        table = table.sort_values(s.metric, ascending=s.mode == "min", na_position="last", kind="stable")
     return table
+
+
+def export_choice(space: SearchSpace, grid, table):
+    """(result, checkpoint, its reported metrics) to export: the first row of results.csv among
+    completed and early-stopped trials, at its best epoch; None if none of them has a checkpoint."""
+    s = space.search
+    results = {trial_id_of(r): r for r in grid}
+    for row in table[table["status"].isin(EXPORTED) & table[s.metric].notna()].to_dict("records"):
+        result = results[row["trial_id"]]
+        kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("training_iteration") == row["best_epoch"]]
+        if kept:
+            return result, *kept[-1]
+        try:  # that epoch's checkpoint is gone (e.g. checkpoints_to_keep): the trial's best one kept
+            checkpoint = result.get_best_checkpoint(s.metric, s.mode)
+        except RuntimeError:  # none with the metric
+            continue
+        return result, checkpoint, next(m for c, m in result.best_checkpoints if c.path == checkpoint.path)
+    return None
 
 
 def summary_text(space: SearchSpace, table, top: int = 5) -> str:
@@ -269,19 +305,16 @@ def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interru
         print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with: "
               f"{resilience.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
-    try:  # Ray raises RuntimeError when no trial, or the best trial, has a (scored) checkpoint
-        best = grid.get_best_result(metric=s.metric, mode=s.mode, scope="all", filter_nan_and_inf=True)
-        checkpoint = best.get_best_checkpoint(s.metric, s.mode)
-    except RuntimeError:
-        checkpoint = None
-    if checkpoint is None:
+    chosen = export_choice(space, grid, table)
+    if chosen is None:
         first = next((r.error for r in grid if r.error), None)
         reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
-        raise UserError(f"no trial reported {s.metric} with a checkpoint, nothing exported (see {run_dir}){reason}")
+        raise UserError(f"no completed or early-stopped trial reported {s.metric} with a checkpoint, nothing "
+                        f"exported (see {run_dir}){reason}")
 
+    best, checkpoint, reported = chosen
     values = space.values(best.config)
     cfg = space.trial_config(values)
-    reported = next((m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics)
     metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
                **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
     with checkpoint.as_directory() as directory:
@@ -305,8 +338,7 @@ def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
     try:
         curves = {}
         for result in grid:
-            trial = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
-            curves[str(trial)] = result.metrics_dataframe
+            curves[str(trial_id_of(result))] = result.metrics_dataframe
         return [str(p) for p in plots(run_dir, table, curves, space)]
     except Exception as err:  # the results matter more than the pictures
         log.warning("could not write the plots: %s", err)

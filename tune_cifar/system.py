@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import normalization_buffers, normalize, read_checkpoint
 from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
 from .errors import UserError
-from .metrics import TASK_KIND, build_metric
+from .metrics import TASK_KIND, build_metric, task_loss
 from .models import ModelSpec, build_model
 
 log = logging.getLogger("tune_cifar")
@@ -127,13 +126,7 @@ class ClassificationSystem(pl.LightningModule):
         return probs.squeeze(1) if self.kind == "binary" else probs
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        smoothing = self.task.label_smoothing
-        if self.kind == "multiclass":
-            return F.cross_entropy(logits, y, label_smoothing=smoothing)
-        if self.kind == "binary":
-            logits = logits.squeeze(1)
-        target = y.float() * (1.0 - smoothing) + 0.5 * smoothing  # each sigmoid output is a 2-class problem
-        return F.binary_cross_entropy_with_logits(logits, target)
+        return task_loss(self.kind, logits, y, self.task.label_smoothing)
 
     def on_train_start(self) -> None:
         sched = self.lr_schedulers()

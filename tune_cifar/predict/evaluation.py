@@ -45,11 +45,10 @@ def load_test_split(cfg: Config, loaded: Loaded) -> tuple[np.ndarray, np.ndarray
 def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: Config,
                     threshold: float | None) -> dict:
     """Accuracy, per-class accuracy, confusion matrix and the task's metrics (torchmetrics)."""
-    import torch.nn.functional as F
     from torchmetrics.classification import (BinaryConfusionMatrix, MulticlassConfusionMatrix,
                                              MultilabelConfusionMatrix)
 
-    from ..metrics import build_metric
+    from ..metrics import build_metric, task_loss
 
     kind, classes = loaded.kind, loaded.classes
     n = len(classes)
@@ -70,14 +69,11 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: 
             "classes": classes, "layout": "per class [[true negatives, false positives], "
                                           "[false negatives, true positives]]",
             "matrix": cm.tolist()}
-        loss = F.binary_cross_entropy_with_logits(logits, y.float())
     else:
         if kind == "multiclass":
             cm = MulticlassConfusionMatrix(num_classes=n)(probs, target)
-            loss = F.cross_entropy(logits, target, label_smoothing=task.label_smoothing)
         else:
             cm = BinaryConfusionMatrix(threshold=threshold)(probs, target)
-            loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float())
         support = cm.sum(dim=1)
         out["accuracy"] = float(cm.diagonal().sum() / cm.sum())
         out["per_class_accuracy"] = {c: (float(cm[i, i] / support[i]) if support[i] else None)
@@ -85,6 +81,7 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: 
         out["support"] = dict(zip(classes, support.tolist()))
         out["confusion_matrix"] = {"classes": classes, "layout": "rows: true class, columns: predicted class",
                                    "matrix": cm.tolist()}
+    loss = task_loss(kind, logits, target if kind == "multiclass" else y, task.label_smoothing)  # as in training
     task_metrics = {"loss/test": float(loss)}
     for name, kwargs in cfg.optimizer.metrics.items():
         metric = build_metric(name, kwargs, task, n)
