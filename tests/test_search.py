@@ -200,6 +200,22 @@ def test_export_is_the_top_exportable_row_of_results_at_its_best_epoch(tmp_path,
     assert (result.metrics["trial_id"], checkpoint.path, reported["training_iteration"]) == ("tied", "tied/3", 3)
 
 
+def test_interrupted_trial_waiting_for_a_retry_is_unfinished_not_error(tmp_path, data_root):
+    """Its last error stays on the result, but Tune holds it PENDING and --resume continues it."""
+    from types import SimpleNamespace
+
+    from tune_cifar.search import results_table
+    from tune_cifar.space import load_space
+
+    space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 3}}))
+    grid = type("Grid", (list,), {})([_fake_result(tmp_path, "retry", [0.5], [1], error=RuntimeError("boom")),
+                                      _fake_result(tmp_path, "dead", [0.4], [1], error=RuntimeError("boom"))])
+    grid._experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id="retry", status="PENDING"),
+                                                        SimpleNamespace(trial_id="dead", status="ERROR")])
+    table = results_table(space, grid).set_index("trial_id")
+    assert table.loc["retry", "status"] == "unfinished" and table.loc["dead", "status"] == "error"
+
+
 def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, data_root):
     """No completed trial with a checkpoint: a UserError, results.csv kept."""
     import pandas as pd

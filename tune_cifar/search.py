@@ -232,7 +232,9 @@ def results_table(space: SearchSpace, grid):
         epochs = int(df["training_iteration"].max()) if has else 0
         reason = (result.metrics or {}).get(resilience.STOP_REASON) or ""  # non-finite loss: ended as failed
         trial_id = trial_id_of(result)
-        status = ("error" if result.error else "failed" if reason else "unfinished" if trial_id in unfinished else
+        # unfinished first: a trial waiting for a retry (max_failures) when the search was interrupted still
+        # carries its last error, but --resume continues it
+        status = ("unfinished" if trial_id in unfinished else "error" if result.error else "failed" if reason else
                   "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
         rows.append({
             "trial_id": trial_id,
