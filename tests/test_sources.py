@@ -358,6 +358,29 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped_in_training_and_predict(tmp
     np.testing.assert_array_equal(read_image(tmp_path / "test" / "a" / "x.png", 1, (2, 3))[0], want)
 
 
+def test_exif_orientation_is_applied_in_training_and_predict(tmp_path):
+    """A phone photo stored landscape with 'rotate 90' in its EXIF is read as shown (portrait)."""
+    from PIL import Image
+
+    from tune_cifar.predict.images import read_image
+
+    rng = np.random.default_rng(0)
+    shown = rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)  # H=6, W=4 as displayed
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(shown).save(tmp_path / split / cls / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: the viewer rotates it 90 degrees clockwise
+    turned = tmp_path / "train" / "a" / "turned.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(shown, k=1))).save(turned, exif=exif)
+    a = load_source("folder", tmp_path)  # no "size differs" error: sizes are compared as shown
+    assert a.train_x.shape == (3, 3, 6, 4)
+    for image in a.train_x:
+        np.testing.assert_array_equal(image, shown.transpose(2, 0, 1))
+    np.testing.assert_array_equal(read_image(turned, 3, (6, 4)), shown.transpose(2, 0, 1))
+
+
 def test_image_folder_sizes_must_match(tmp_path):
     from PIL import Image
 

@@ -23,12 +23,23 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def to_mode(img, mode: str):
-    """``img.convert(mode)``, except that 16-bit grayscale is scaled to 8 bits (PIL would clip it at 255).
-    Training (image folders) and predict (--images) decode with this one function."""
-    if img.mode in _SIXTEEN_BIT:
-        from PIL import Image
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
+
+def _shown_size(img) -> tuple[int, int]:
+    """(W, H) as the image is shown (its EXIF orientation applied), from the header alone."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(0x0112) in _TURNED else (w, h)
+
+
+def to_mode(img, mode: str):
+    """The image as shown (EXIF orientation applied: phone photos) in ``mode``; 16-bit grayscale is
+    scaled to 8 bits (PIL's convert would clip it at 255). Training (image folders) and predict
+    (--images) decode with this one function."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _SIXTEEN_BIT:
         scaled = np.rint(np.asarray(img, dtype=np.float64) * (255.0 / 65535.0))
         img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
     return img.convert(mode)
@@ -46,7 +57,7 @@ def _read_images(files: list[Path], image_size: Optional[int]) -> np.ndarray:
     for file in files:
         try:
             with Image.open(file) as img:  # reads the header only
-                headers.append((img.mode, img.size))
+                headers.append((img.mode, _shown_size(img)))
         except Exception as err:
             raise unreadable(file, err) from None
     mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
