@@ -381,6 +381,13 @@ def test_exif_orientation_is_applied_in_training_and_predict(tmp_path):
     np.testing.assert_array_equal(read_image(turned, 3, (6, 4)), shown.transpose(2, 0, 1))
 
 
+def test_holdout_keeps_a_class_folder_named_test_as_a_class(tmp_path):
+    write_image_folder(tmp_path, classes=("test", "other"), n_per_class=10, size=8, split=False)
+    a = load_source("folder", tmp_path)
+    assert a.classes == ["other", "test"] and a.train_x.shape[0] == 16 and a.test_x.shape[0] == 4
+    assert set(a.train_y.tolist()) == {0, 1}
+
+
 def test_image_folder_sizes_must_match(tmp_path):
     from PIL import Image
 

@@ -149,9 +149,8 @@ def load_folder(
         y = np.array([c for _, c in items], dtype=np.int64)
     if not files:
         raise UserError(f"folder: no {'/'.join(IMAGE_SUFFIXES)} images in {path} (expected train/<class>/*.png)")
-    splits = [_split_of(f, path) for f in files]
-    if any(s is not None for s in splits):
-        is_test = np.array([s == "test" for s in splits])
+    if (path / "train").is_dir():  # train/ and test/ given (else a class folder may be named "test")
+        is_test = np.array([_split_of(f, path) == "test" for f in files])
         if not is_test.any():
             raise UserError(f"folder: no test images in {path / 'test'}")
     else:  # seeded holdout
