@@ -125,6 +125,28 @@ def test_training_checkpoint_with_its_run_folder(multiclass):
     assert Path(r["out_dir"]).parent == Path(multiclass["result"]["output_dir"]).resolve() / "predict"
 
 
+def test_auto_precision_on_a_gpu_is_the_one_the_model_was_trained_with(multiclass):
+    """A CPU run records 32-true: on a GPU, predict scores it in float32, not in bf16 autocast."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tune_cifar.predict import load_checkpoint
+    from tune_cifar.predict.inference import autocast_for
+    from tune_cifar.predict.settings import make_config
+
+    loaded = load_checkpoint(Path(multiclass["checkpoint"]))
+    assert loaded.hparams["trained_precision"] == "32-true"
+    cfg = make_config(loaded, SimpleNamespace(overrides=[], data_path=None, batch_size=None))
+    assert cfg.trainer.precision == "auto"
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert loaded.precision(cfg, gpu) == "32-true" and loaded.precision(cfg, cpu) == "auto"
+    assert type(autocast_for(gpu, loaded.precision(cfg, gpu))).__name__ == "nullcontext"  # float32
+    bf16 = dataclasses.replace(loaded, hparams={**loaded.hparams, "trained_precision": "bf16-mixed"})
+    assert bf16.precision(cfg, gpu) == "bf16-mixed"
+    explicit = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, precision="16-mixed"))
+    assert loaded.precision(explicit, gpu) == "16-mixed"  # an explicit setting wins
+
+
 def test_bare_checkpoint_needs_only_the_data_path(multiclass, cifar10_root, tmp_path):
     bare = tmp_path / "model.ckpt"
     shutil.copy(multiclass["checkpoint"], bare)  # no config.yaml, no results.json next to it

@@ -129,6 +129,8 @@ class ClassificationSystem(pl.LightningModule):
         return task_loss(self.kind, logits, y, self.task.label_smoothing)
 
     def on_train_start(self) -> None:
+        # what trainer.precision (e.g. auto) became here: predict on a GPU scores the model with it
+        self.hparams["trained_precision"] = str(self.trainer.precision)
         sched = self.lr_schedulers()
         total = int(self.trainer.estimated_stepping_batches)
         if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps != total:

@@ -102,7 +102,7 @@ def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torc
             x = torch.from_numpy(test_x[ids[start: start + size]])
             yield x.pin_memory() if pin else x
 
-    logits = torch.cat(list(infer(loaded.net, images(), device, cfg.trainer.precision, clock)))
+    logits = torch.cat(list(infer(loaded.net, images(), device, loaded.precision(cfg, device), clock)))
     y = torch.from_numpy(test_y[ids])
     out_dir = make_out_dir(args, loaded)
     result = compute_metrics(logits, y, loaded, cfg, threshold)

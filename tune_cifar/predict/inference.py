@@ -31,6 +31,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def run_precision(configured: str, trained: str | None, device: torch.device) -> str:
+    """``trainer.precision`` as configured; ``auto`` on a GPU is the precision the model was trained
+    with (recorded in its checkpoint): a model trained in float32 on a CPU is not scored in bf16."""
+    if configured == "auto" and device.type == "cuda" and trained:
+        return trained
+    return configured
+
+
 def autocast_for(device: torch.device, precision: str):
     """Mixed precision as in training (trainer.precision); full float32 otherwise."""
     if device.type == "cuda" and precision in ("auto", "bf16-mixed", "bf16-true", "16-mixed"):

@@ -13,6 +13,7 @@ from ..checkpoint import read_checkpoint
 from ..data.arrays import preview
 from ..errors import UserError
 from ..export import FORMAT, MANIFEST, MODEL_FILE, find_best
+from .inference import run_precision
 from .network import InferenceModel, build_network
 
 KINDS = {
@@ -55,6 +56,10 @@ class Loaded:
     def model_name(self) -> str:
         spec = self.hparams["model_spec"]
         return f"{spec['provider']}/{spec['name']}"
+
+    def precision(self, cfg, device) -> str:
+        """The precision to run with on ``device``: the config's, ``auto`` being the training one on a GPU."""
+        return run_precision(cfg.trainer.precision, self.hparams.get("trained_precision"), device)
 
 
 def _json_file(path: Path) -> dict:
