@@ -152,6 +152,11 @@ def test_bare_checkpoint_needs_only_the_data_path(multiclass, cifar10_root, tmp_
     shutil.copy(multiclass["checkpoint"], bare)  # no config.yaml, no results.json next to it
     r = predict.main(["--checkpoint", str(bare), "--data-path", str(cifar10_root), "data.download=false"])
     assert r["data"]["samples"] == 60 and r["reported"] == {} and 0 <= r["accuracy"] <= 1
+    # on the run's seeded 40-image test subset it scores what the run recorded
+    r = predict.main(["--checkpoint", str(bare), "--data-path", str(cifar10_root), "data.download=false",
+                      "data.test_subset=40", "--out", str(tmp_path / "subset")])
+    assert r["data"]["samples"] == 40
+    assert r["accuracy"] == pytest.approx(multiclass["result"]["test"]["accuracy/test"], abs=1e-6)
 
 
 def test_inference_model_equals_the_lightning_system(multiclass):

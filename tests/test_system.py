@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,8 @@ def test_bf16_mixed_trainer_on_cpu(tiny_cfg):
 
     result = train.run(tiny_cfg("trainer.precision=bf16-mixed", "trainer.max_epochs=2"))
     assert math.isfinite(result["test"]["loss/test"])
+    ckpt = torch.load(Path(result["output_dir"]) / result["best_checkpoint"], weights_only=True)
+    assert ckpt["hyper_parameters"]["trained_precision"] == "bf16-mixed"  # not silently 32-bit
 
 
 def test_channels_last_matches_contiguous_logits():
@@ -100,13 +103,20 @@ def test_preprocess_normalises_uint8_with_input_spec():
     assert torch.allclose(system.preprocess(x), torch.full((1, 3, 2, 2), expected), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["accuracy", "top_k_accuracy", "f1", "precision", "recall", "auroc"])
-def test_allowed_metrics_build_and_compute(name):
-    task = TaskConfig()
-    metric = build_metric(name, {}, task, 4)
-    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7]])
-    metric.update(probs, torch.tensor([0, 1, 2, 3]))
-    assert metric.compute().item() == pytest.approx(1.0)
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("accuracy", {}, 0.75),                   # micro: 3 of 4 rows right
+    ("top_k_accuracy", {"top_k": 2}, 1.0),    # row 3's class is its second choice
+    ("top_k_accuracy", {}, 1.0),              # top_k 5 capped at the 4 classes
+    ("f1", {"average": "macro"}, (1 + 1 + 2 / 3 + 0) / 4),
+    ("precision", {"average": "macro"}, (1 + 1 + 0.5 + 0) / 4),
+    ("recall", {"average": "macro"}, (1 + 1 + 1 + 0) / 4),
+    ("auroc", {}, 1.0),                       # every class's true rows rank above the others
+])
+def test_allowed_metrics_build_and_compute(name, kwargs, expected):
+    metric = build_metric(name, kwargs, TaskConfig(), 4)
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.05, 0.05, 0.5, 0.4]])
+    metric.update(probs, torch.tensor([0, 1, 2, 3]))  # the last row is wrong: class 2 predicted, 3 true
+    assert metric.compute().item() == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("name, kwargs, task, needle", [
@@ -126,18 +136,21 @@ def test_lr_schedules():
     assert lr_factor(50, 100, 0, cos, 10) == pytest.approx(0.5)
     assert lr_factor(100, 100, 0, cos, 10) == pytest.approx(0.0, abs=1e-9)
     assert lr_factor(4, 100, 10, cos, 10) == pytest.approx(0.5)  # linear warm-up
+    assert lr_factor(9, 100, 10, cos, 10) == pytest.approx(1.0)  # ends at the full LR
+    assert lr_factor(10, 100, 10, cos, 10) == pytest.approx(1.0)  # the cosine starts after it
+    assert lr_factor(55, 100, 10, cos, 10) == pytest.approx(0.5)  # halfway through the rest
     step = SchedulerConfig(name="step", step_size=2, gamma=0.1)
     assert lr_factor(19, 100, 0, step, 10) == pytest.approx(1.0)
     assert lr_factor(20, 100, 0, step, 10) == pytest.approx(0.1)
     assert lr_factor(77, 100, 0, SchedulerConfig(name="none"), 10) == 1.0
 
 
-@pytest.mark.parametrize("optimizer, sched, cls", [
+@pytest.mark.parametrize("optimizer, sched_name, cls", [
     ("sgd", "onecycle", torch.optim.SGD), ("adam", "step", torch.optim.Adam), ("adamw", "none", torch.optim.AdamW),
 ])
-def test_configure_optimizers(optimizer, sched, cls):
+def test_configure_optimizers(optimizer, sched_name, cls):
     system = _system(optimizer=optimizer)
-    system.optim_cfg.scheduler.name = sched
+    system.optim_cfg.scheduler.name = sched_name
 
     class FakeTrainer:
         estimated_stepping_batches = 100
@@ -146,7 +159,17 @@ def test_configure_optimizers(optimizer, sched, cls):
     system.trainer = FakeTrainer()  # type: ignore[assignment]
     out = system.configure_optimizers()
     assert isinstance(out["optimizer"], cls)
+    sched = out["lr_scheduler"]["scheduler"]
+    want = torch.optim.lr_scheduler.OneCycleLR if sched_name == "onecycle" else torch.optim.lr_scheduler.LambdaLR
+    assert type(sched) is want and out["lr_scheduler"]["interval"] == "step"
+    for _ in range(20):  # step: 10 steps an epoch, gamma 0.1 after step_size epochs; none: constant
+        out["optimizer"].step()
+        sched.step()
+    lr = out["optimizer"].param_groups[0]["lr"]
+    if sched_name == "none":
+        assert lr == pytest.approx(system.optim_cfg.lr)
     groups = out["optimizer"].param_groups
+    assert groups[0]["weight_decay"] == system.optim_cfg.weight_decay > 0
     assert groups[1]["weight_decay"] == 0.0  # no decay on biases and norms
     assert all(p.ndim <= 1 for p in groups[1]["params"]) and all(p.ndim > 1 for p in groups[0]["params"])
 

@@ -114,7 +114,8 @@ def test_transfer_learning_keeps_body_and_resets_head(cifar100_root, tiny_cfg, t
     (["data.dataset_path=/nonexistent/cifar"], "/nonexistent/cifar"),
     (["data.num_classes=7"], "data.num_classes"),
     (["optimizer.metrics={accuracy: {}, dice: {}}"], "dice"),
-    (["optimizer.metrics={acc: {callable: 'os.system'}}"], "acc"),
+    (["optimizer.metrics={accuracy: {callable: 'os.system'}}"], "optimizer.metrics.accuracy.callable is not "
+                                                                "supported (no code from config strings)"),
     (["model.provider_name=keras"], "keras"),
     (["model.model_name=resnet9000"], "resnet9000"),
     (["run.predict=true", "run.checkpoint_path=/nonexistent.ckpt"], "/nonexistent.ckpt"),
@@ -192,4 +193,4 @@ def test_binary_task_from_label_groups(tiny_cfg):
     result = train.run(cfg)
     system = load_system(Path(result["output_dir"]) / result["best_checkpoint"])
     assert system.input_spec.classes == ("vehicle", "animal") and system.kind == "binary"
-    assert 0.0 <= result["test"]["accuracy/test"] <= 1.0
+    assert result["test"]["accuracy/test"] > 0.6  # above always answering "animal" (6 of 10 classes)
