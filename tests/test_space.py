@@ -242,6 +242,16 @@ def test_bad_yaml_and_overrides(tmp_path):
         load_space(tmp_path)
 
 
+def test_searched_timm_names_may_carry_a_pretrained_tag(tmp_path):
+    """The search accepts what create_model accepts (resnet18.a1_in1k), as train does."""
+    space = load_space(write(tmp_path, {"model.model_name": {"choice": ["resnet18", "resnet18.a1_in1k"]}},
+                             base=["data=cifar10", "model=resnet18"]))
+    assert list(space.params[0].dists[None].args) == ["resnet18", "resnet18.a1_in1k"]
+    with pytest.raises(UserError, match=r"params.model.model_name: 'resnet18.nope' is not a timm model"):
+        load_space(write(tmp_path, {"model.model_name": {"choice": ["resnet18", "resnet18.nope"]}},
+                         base=["data=cifar10", "model=resnet18"], name="bad.yaml"))
+
+
 def test_base_model_and_metrics_are_checked_before_any_trial(tmp_path):
     """Unsearched model and metrics come from the base config: checked on load, not in every trial."""
     good = write(tmp_path, {"optimizer.lr": {"uniform": [0.01, 0.1]}})

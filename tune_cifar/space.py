@@ -483,12 +483,13 @@ def _check_models(path: str, base: dict, params: dict) -> None:
             names = name_p.dists[provider].examples()
         else:
             names = [o for d in name_p.dists.values() for o in d.examples()]
-        available = set(list_models(provider))
         for name in names:
-            if name not in available:
-                close = difflib.get_close_matches(str(name), available, n=3)
+            try:
+                check_model_name(provider, str(name))  # what create_model accepts (timm tags included)
+            except UserError:
+                close = difflib.get_close_matches(str(name), list_models(provider), n=3)
                 raise UserError(f"{path}: params.model.model_name: {name!r} is not a {provider} model"
-                                f"{'; close: ' + ', '.join(close) if close else ''}")
+                                f"{'; close: ' + ', '.join(close) if close else ''}") from None
 
 
 def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:

@@ -81,7 +81,7 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: 
         out["support"] = dict(zip(classes, support.tolist()))
         out["confusion_matrix"] = {"classes": classes, "layout": "rows: true class, columns: predicted class",
                                    "matrix": cm.tolist()}
-    loss = task_loss(kind, logits, target if kind == "multiclass" else y, task.label_smoothing)  # as in training
+    loss = task_loss(kind, logits, target, task.label_smoothing)  # as in training
     task_metrics = {"loss/test": float(loss)}
     for name, kwargs in cfg.optimizer.metrics.items():
         metric = build_metric(name, kwargs, task, n)
