@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
     import pandas as pd
     import ray
 
-    from tune_cifar.search import run_search
-    from tune_cifar.space import load_space
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.space import load_space
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_asha_"))
     out = {}

@@ -134,8 +134,8 @@ def rss_mb() -> float:
 
 
 def bench_memory(trials: int) -> dict:
-    from tune_cifar.search import run_search
-    from tune_cifar.space import load_space
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.space import load_space
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     epochs = 2

@@ -78,7 +78,7 @@ def run_train(space, out: Path) -> list[float]:
 def run_tune(space) -> list[float]:
     import pandas as pd
 
-    from tune_cifar.search import run_search
+    from tune_cifar.search.cli import run_search
 
     out = run_search(space)
     progress = next(Path(out["run_dir"]).glob("trial_*/progress.csv"))
@@ -179,8 +179,8 @@ def zero_copy_probe(arrays, cfg) -> dict:
 
 def memory(tmp: Path, batches: int) -> dict:
     """Full dataset, two trials of a few batches: one at a time, then both at once."""
-    from tune_cifar.search import run_search
-    from tune_cifar.space import load_space
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.space import load_space
 
     out = {}
     for concurrent in (1, 2):
@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
     import ray
 
     from tune_cifar.data import load_data
-    from tune_cifar.space import load_space
+    from tune_cifar.search.space import load_space
     from tune_cifar.trial import quiet
 
     quiet()

@@ -426,8 +426,8 @@ def test_moved_export_of_a_real_search(cifar10_root, tmp_path):
     """A tiny Ray search exports its best trial; moved elsewhere, predict reproduces its test accuracy."""
     import ray
 
-    from tune_cifar.search import run_search
-    from tune_cifar.space import load_space
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.space import load_space
 
     space = tmp_path / "tiny.yaml"
     space.write_text(yaml.safe_dump({

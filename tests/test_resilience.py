@@ -87,7 +87,7 @@ def test_resource_errors_name_the_resource():
     import torch
 
     from tune_cifar.faults import ResourceExhausted, resource_errors
-    from tune_cifar.resilience import describe_error
+    from tune_cifar.search.resilience import describe_error
 
     with pytest.raises(ResourceExhausted, match="out of GPU memory.*data.train_batch_size.*search.resources.gpu"):
         with resource_errors():
@@ -108,9 +108,9 @@ def test_resource_errors_name_the_resource():
 
 
 def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, data_root, capsys):
-    from tune_cifar.resilience import plan_run
+    from tune_cifar.search.resilience import plan_run
     from tune_cifar.search import main
-    from tune_cifar.space import load_space
+    from tune_cifar.search.space import load_space
 
     path = space_file(tmp_path, data_root, {"num_samples": 1})
     old = tmp_path / "outputs" / "tiny" / "2026-01-01_00-00-00"
@@ -152,9 +152,9 @@ def test_new_name_run_resumes_with_the_command_it_records(tmp_path, data_root):
 
     import ray
 
-    from tune_cifar.resilience import resume_command
-    from tune_cifar.search import main, run_search
-    from tune_cifar.space import load_space
+    from tune_cifar.search.resilience import resume_command
+    from tune_cifar.search.cli import main, run_search
+    from tune_cifar.search.space import load_space
 
     path = space_file(tmp_path, data_root, {"num_samples": 1, "scheduler": {"name": "fifo", "max_epochs": 1}})
     old = tmp_path / "outputs" / "tiny" / "2026-01-01_00-00-00"
@@ -174,7 +174,7 @@ def test_new_name_run_resumes_with_the_command_it_records(tmp_path, data_root):
 
 
 def test_reports_from_a_results_table(tmp_path):
-    from tune_cifar.report import learning_curves, parallel_coordinates
+    from tune_cifar.search.report import learning_curves, parallel_coordinates
 
     table = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "status": ["completed", "stopped early", "failed", "error"],
                           "accuracy/val": [0.5, 0.3, 0.2, math.nan], "optimizer.lr": [1e-3, 1e-2, 1e-1, 1e-4],
@@ -196,8 +196,8 @@ def test_optuna_study_is_persistent_and_warm_starts(tmp_path, data_root):
     from ray.tune.search.optuna import OptunaSearch
 
     from tune_cifar.errors import UserError
-    from tune_cifar.resilience import check_study_direction, optuna_storage, study_name
-    from tune_cifar.space import load_space, make_sampler
+    from tune_cifar.search.resilience import check_study_direction, optuna_storage, study_name
+    from tune_cifar.search.space import load_space, make_sampler
 
     db = tmp_path / "db" / "optuna.db"
     space = load_space(space_file(tmp_path, data_root, {"optuna_storage": f"sqlite:///{db}"}))
@@ -238,8 +238,8 @@ def test_failing_trials_are_recorded_and_the_best_of_the_rest_is_exported(tmp_pa
     import ray
 
     from tune_cifar.export import read_export
-    from tune_cifar.search import run_search
-    from tune_cifar.space import load_space
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.space import load_space
 
     NAN, CRASH, TRANSIENT = 0.002, 0.003, 0.005
     monkeypatch.setenv(TEST_FAULTS_ENV, json.dumps([

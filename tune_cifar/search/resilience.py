@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger("tune_cifar")
 

@@ -14,12 +14,12 @@ import torch
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
-from .config import Config
-from .data import ImageArrays
-from .faults import NonFiniteLoss, resource_errors, trial_callbacks
+from ..config import Config
+from ..data import ImageArrays
+from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .resilience import STOP_REASON
 from .space import SearchSpace
-from .trial import WorkerMemory, quiet, release_memory, run_trial
+from ..trial import WorkerMemory, quiet, release_memory, run_trial
 
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 

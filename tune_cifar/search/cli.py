@@ -25,7 +25,7 @@ from typing import Sequence
 import yaml
 
 from . import resilience
-from .errors import UserError, cli_entry
+from ..errors import UserError, cli_entry
 from .space import SearchSpace, load_space, sample
 
 log = logging.getLogger("tune_cifar")
@@ -65,8 +65,8 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     """One trial in-process: given (--params) and sampled values, loggers and a best checkpoint."""
     import torch
 
-    from .data import load_data
-    from .trial import run_trial, val_metrics
+    from ..data import load_data
+    from ..trial import run_trial, val_metrics
 
     try:
         given = json.loads(params) if params else {}
@@ -121,8 +121,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from .config import config_from_dict
-    from .data import load_data
+    from ..config import config_from_dict
+    from ..data import load_data
     from .space import make_sampler
     from .study import NanSafeOptunaSearch
     from .trainable import train_trial
@@ -287,9 +287,9 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
 
 def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interrupted: bool = False) -> dict:
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
-    from .export import write_export
+    from ..export import write_export
     from .trainable import checkpoint_file
-    from .trial import evaluate, quiet
+    from ..trial import evaluate, quiet
 
     quiet()
     s = space.search
@@ -334,7 +334,7 @@ def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interru
 
 
 def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
-    """Learning curves and parallel coordinates (tune_cifar.report); a plotting error only warns."""
+    """Learning curves and parallel coordinates (tune_cifar.search.report); a plotting error only warns."""
     from .report import write_reports as plots
 
     try:

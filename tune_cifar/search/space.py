@@ -18,9 +18,9 @@ from typing import Optional
 
 import yaml
 
-from .config import Config, _build, compose, config_from_dict, set_dotted, to_plain
-from .errors import UserError, allowed
-from .metrics import check_metrics
+from ..config import Config, _build, compose, config_from_dict, set_dotted, to_plain
+from ..errors import UserError, allowed
+from ..metrics import check_metrics
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
 SECTIONS = ("base", "params", "search")
@@ -465,7 +465,7 @@ def _check_values(where: str, base: dict, key: str, param: Param, parent: Option
 
 def _check_models(path: str, base: dict, params: dict) -> None:
     """model.model_name values must exist in their provider (timm, torchvision, builtin)."""
-    from .models import check_model_name, list_models
+    from ..models import check_model_name, list_models
 
     name_p, prov_p = params.get("model.model_name"), params.get("model.provider_name")
     if name_p is None and prov_p is None:
