@@ -102,3 +102,65 @@ def test_compose_returns_resolvable_dictconfig():
     plain = to_plain(compose(["data=fashion_mnist"]))
     assert plain["data"]["dataset_path"] == "/usr/share/datasets/fashion-mnist"
     assert plain["run"]["experiment"] == "fashion_mnist_resnet18"
+
+
+# --------------------------------------------------------------------------- packaged configs, --config-dir
+
+
+def test_configs_and_spaces_live_in_the_package_and_the_checkout_links_them():
+    from pathlib import Path
+
+    import tune_cifar
+    from tune_cifar.packaged import SPACES_DIR
+
+    package = Path(tune_cifar.__file__).parent
+    assert CONFIG_DIR == package / "conf" and (CONFIG_DIR / "config.yaml").is_file()
+    repo = package.parent
+    assert (repo / "config").resolve() == CONFIG_DIR.resolve()  # README's config/ and search_spaces/
+    assert (repo / "search_spaces").resolve() == SPACES_DIR.resolve()
+
+
+def test_config_dir_adds_a_users_group_option_next_to_ours(tmp_path):
+    from tune_cifar.packaged import config_dir_override, with_config_dirs
+
+    folder = tmp_path / "my configs"  # a space: quoted in Hydra's override grammar
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "my_net.yaml").write_text(
+        "defaults:\n  - small_cnn\n  - _self_\nmodel_name: tiny_cnn\nmodel_kwargs: {dropout: 0.25}\n")
+    (folder / "optimizer").mkdir()
+    (folder / "optimizer" / "my_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlr: 0.123\n")
+    cfg = load_config(with_config_dirs(["--config-dir", str(folder), "model=my_net", "optimizer=my_sgd"]))
+    assert (cfg.model.provider_name, cfg.model.model_name) == ("builtin", "tiny_cnn")
+    assert cfg.model.model_kwargs == {"pretrained": False, "dropout": 0.25}
+    assert cfg.optimizer.optimizer == "sgd" and cfg.optimizer.lr == pytest.approx(0.123)
+    assert load_config().model.model_name == "resnet18"  # nothing left behind for the next compose
+    # ours are still there, and an unknown option lists both folders' options
+    assert load_config([config_dir_override(folder), "model=small_cnn"]).model.model_name == "small_cnn"
+    with pytest.raises(UserError, match=r"model=nope: no .*model/nope.yaml or the --config-dir folders; "
+                                        r"allowed: my_net, resnet18, small_cnn, tv_resnet18"):
+        load_config(with_config_dirs([f"--config-dir={folder}", "model=nope"]))
+    with pytest.raises(UserError, match=r"model=my_net: no .*allowed: resnet18, small_cnn"):
+        load_config(["model=my_net"])  # without --config-dir
+
+
+def test_config_dir_must_be_a_folder(tmp_path):
+    from tune_cifar.packaged import with_config_dirs
+
+    with pytest.raises(UserError, match=r"^--config-dir .*nowhere: not a folder; give a folder of config groups"):
+        with_config_dirs(["--config-dir", str(tmp_path / "nowhere")])
+    with pytest.raises(UserError, match=r"^--config-dir needs a folder"):
+        with_config_dirs(["model=small_cnn", "--config-dir"])
+
+
+def test_search_space_by_path_or_bundled_name(tmp_path, monkeypatch):
+    from tune_cifar.packaged import SPACES_DIR, bundled_spaces, find_space
+
+    assert bundled_spaces() == ["cpu_small", "optimizers", "resnet"]
+    monkeypatch.chdir(tmp_path)
+    assert find_space("cpu_small") == find_space("cpu_small.yaml") == SPACES_DIR / "cpu_small.yaml"
+    (tmp_path / "cpu_small.yaml").write_text("mine")
+    assert find_space("cpu_small.yaml") == tmp_path.joinpath("cpu_small.yaml").relative_to(tmp_path)  # a file wins
+    assert find_space("search_spaces/nope.yaml").as_posix() == "search_spaces/nope.yaml"  # left to the loader
+    with pytest.raises(UserError, match=r"^nope: no such search-space file here and no bundled space of that "
+                                        r"name; bundled: cpu_small, optimizers, resnet$"):
+        find_space("nope")

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import UserError, allowed, check_choice
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
 
 TASKS = ("classification_binary", "classification_multiclass", "classification_multilabel")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle", "step")
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
 
@@ -232,7 +230,9 @@ def _batches(key: str, value, zero_ok: bool) -> None:
 def validate(cfg: Config) -> Config:
     """Value checks that types alone do not catch."""
     check_choice("task.task", cfg.task.task, TASKS)
-    check_choice("data.name", cfg.data.name, DATASETS)
+    from .data.sources import SOURCES  # the registry (register_source): a new dataset is one registration
+
+    check_choice("data.name", cfg.data.name, SOURCES)
     check_choice("optimizer.optimizer", cfg.optimizer.optimizer, OPTIMIZERS)
     check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, SCHEDULERS)
     check_choice("trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS)
@@ -294,6 +294,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
             config_name: str = "config"):
     """Compose the Hydra config with CLI-style overrides; errors become one-line UserErrors.
 
+    Users' own config groups join through Hydra's search path: the override
+    ``hydra.searchpath=[file:///their/dir]`` (what ``--config-dir`` adds, see ``packaged``).
     Callers validate the result with ``config_from_dict`` (unknown keys are refused there)."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -322,7 +324,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
     except MissingConfigException as err:  # e.g. model=nope: name the group's choices
         group, _, name = (err.missing_cfg_file or "").rpartition("/")
         if group and err.options:
-            raise UserError(f"config override {group}={name}: no {config_dir / group / name}.yaml; "
+            extra = " or the --config-dir folders" if any(o.startswith("hydra.searchpath=") for o in overrides) else ""
+            raise UserError(f"config override {group}={name}: no {config_dir / group / name}.yaml{extra}; "
                             f"allowed: {', '.join(sorted(err.options))}") from None
         raise UserError(f"config override: {_one_line(err)}") from None
     except (HydraException, OmegaConfBaseException) as err:

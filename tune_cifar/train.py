@@ -1,7 +1,8 @@
-"""One training run: ``python -m tune_cifar.train [hydra overrides]``.
+"""One training run: ``python -m tune_cifar.train [hydra overrides] [--config-dir DIR]``.
 
 Fits, validates and tests; or, with ``run.predict=true``, evaluates ``run.checkpoint_path``.
 Outputs go to ``outputs/<experiment>/<timestamp>/`` (config, checkpoints, TensorBoard + CSV logs).
+``--config-dir DIR`` adds your own config groups (``DIR/model/my_net.yaml``: ``model=my_net``).
 The search reuses ``build_system`` and ``build_trainer`` for its trials.
 """
 
@@ -25,6 +26,7 @@ from .data import ImageArrays, ImageDataModule, load_data
 from .errors import UserError, cli_entry
 from .metrics import check_metrics
 from .models import ModelSpec, check_model_name
+from .packaged import with_config_dirs
 from .system import ClassificationSystem, InputSpec, load_system, read_checkpoint
 
 log = logging.getLogger("tune_cifar")
@@ -222,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(__doc__.strip())
         print("\nExample: python -m tune_cifar.train data=fashion_mnist model=small_cnn trainer.max_epochs=2")
         return {}
-    cfg = load_config(argv)
+    cfg = load_config(with_config_dirs(argv))
     result = run(cfg)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in result.get("test", {}).items())
     print(f"test: {summary}\noutputs: {result['output_dir']}")

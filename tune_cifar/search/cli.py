@@ -26,6 +26,7 @@ import yaml
 
 from . import resilience
 from ..errors import UserError, cli_entry
+from ..packaged import config_dir_override
 from .space import SearchSpace, load_space, sample
 
 log = logging.getLogger("tune_cifar")
@@ -35,7 +36,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tune_cifar.search", description=__doc__.split("\n")[0],
                                 epilog="Example: python -m tune_cifar.search search_spaces/cpu_small.yaml "
                                        "search.num_samples=4 data.train_subset=2000")
-    p.add_argument("space_file", help="search-space YAML file (see search_spaces/README.md)")
+    p.add_argument("space_file", help="search-space YAML file, or the name of a bundled one such as cpu_small "
+                                      "(see search_spaces/README.md)")
     p.add_argument("overrides", nargs="*", help="key=value for the base config, or search.key=value")
     p.add_argument("--debug", action="store_true", help="run one trial in this process, without Ray")
     p.add_argument("--params", help='with --debug: JSON {"dotted.key": value, ...}; the rest is sampled')
@@ -46,6 +48,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="if the experiment exists, run this search as <experiment>_2 (the first free name)")
     p.add_argument("--num-samples", type=int, help="same as search.num_samples=N")
     p.add_argument("--output-dir", help="same as search.storage_path=DIR (default: run.output_dir)")
+    p.add_argument("--config-dir", action="append", help="a folder of your own config groups, e.g. "
+                   "DIR/model/my_net.yaml for model=my_net (repeatable)")
     return p.parse_intermixed_args(list(argv))  # overrides may follow options
 
 
@@ -355,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         overrides.append(f"search.num_samples={args.num_samples}")
     if args.output_dir:
         overrides.append(f"search.storage_path={args.output_dir}")
+    if args.config_dir:
+        overrides.append(config_dir_override(args.config_dir))
     if args.params and not args.debug:
         raise UserError("--params only works with --debug (a search samples its parameters)")
     space = load_space(args.space_file, overrides)

@@ -21,6 +21,7 @@ import yaml
 from ..config import Config, _build, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
+from ..packaged import find_space
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
 SECTIONS = ("base", "params", "search")
@@ -495,6 +496,7 @@ def _check_models(path: str, base: dict, params: dict) -> None:
 def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
     """Read and validate a search-space file; ``overrides`` apply to the base config
     (``key=value``, Hydra syntax) or to the search section (``search.key=value``)."""
+    path = find_space(path)  # a path, or the name of a bundled space (tune_cifar/search_spaces)
     where = str(path)
     try:
         raw = yaml.load(Path(path).read_text(), Loader=_Loader)
