@@ -359,3 +359,34 @@ def test_pretrained_torchvision_from_cache_keeps_weights(empty_caches, monkeypat
     torch.testing.assert_close(model.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.fc.out_features == 10 and run(model, 1).shape == (2, 10)
+
+
+def test_register_provider_is_one_registration_for_create_list_and_check(monkeypatch, tmp_path):
+    """A toy provider: create_model, list_models, check_model_name (the search's check) and training."""
+    from tune_cifar.config import load_config
+    from tune_cifar.models import check_model_name, register_provider
+
+    monkeypatch.setattr(models, "PROVIDERS", dict(models.PROVIDERS))
+    made = []
+
+    @register_provider("toy", list_models=lambda: ["flat", "wide"])
+    def toy(name, num_classes, in_chans, pretrained, fetch=True, width=4):
+        made.append((name, num_classes, in_chans, pretrained, fetch, width))
+        return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * in_chans, width),
+                             nn.ReLU(), nn.Linear(width, num_classes))
+
+    assert list_models("toy") == ["flat", "wide"]
+    check_model_name("toy", "wide")
+    with pytest.raises(UserError, match=r"model.model_name='deep' is not allowed; allowed: flat, wide"):
+        create_model("toy", "deep", 10)
+    assert run(create_model("toy", "wide", 5, in_chans=1, width=8), in_chans=1, size=8).shape == (2, 5)
+    assert made[-1] == ("wide", 5, 1, False, True, 8)
+    with pytest.raises(ValueError, match="already registered"):
+        register_provider("toy", list_models=list)(toy)
+    spec = ModelSpec("toy", "flat", num_classes=3, last_layer_outputs=2)
+    assert run(build_model(spec, fetch=False), size=8).shape == (2, 2) and made[-1][4] is False
+    with pytest.raises(UserError, match=r"model.provider_name='keras' is not allowed; allowed: builtin, timm, "
+                                        r"torchvision, toy"):
+        create_model("keras", "x", 10)
+    cfg = load_config(["model=small_cnn", "model.provider_name=toy", "model.model_name=flat"])
+    assert (cfg.model.provider_name, cfg.model.model_name) == ("toy", "flat")

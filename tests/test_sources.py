@@ -525,3 +525,75 @@ def test_val_and_test_rows_do_not_depend_on_the_training_subset():
     assert split()["val"].tolist() == full["val"].tolist()  # seeded
     assert split_indices(5000, 1000, DataConfig(val_fraction=0.2, val_subset=300), seed=5)["val"].tolist() \
         != full["val"].tolist()
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _toy_arrays(path: Path, *, image_size=None) -> ImageArrays:
+    """Three classes of 8x8 colour squares, generated in memory (each class its own colour)."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = np.arange(n) % 3
+        x = (rng.integers(0, 40, (n, 3, 8, 8)) + 200 * (np.arange(3)[None, :, None, None] == y[:, None, None, None]))
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    (train_x, train_y), (test_x, test_y) = split(96), split(30)
+    return ImageArrays(train_x, train_y, test_x, test_y, ["red", "green", "blue"], (0.3,) * 3, (0.3,) * 3)
+
+
+@pytest.fixture
+def toy_source(monkeypatch):
+    """Register ``toy`` for this test only (the registry is restored afterwards)."""
+    from tune_cifar.data import sources
+
+    monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))
+    calls = []
+
+    def load(path, **needs):
+        calls.append((path, needs))
+        return _toy_arrays(path, **needs)
+
+    sources.register_source("toy", load, default_path="toy_data", needs=("image_size",))
+    return calls
+
+
+def test_registered_source_is_one_registration_for_config_loader_and_search(toy_source, tmp_path):
+    from tune_cifar.config import load_config
+    from tune_cifar.data import sources
+    from tune_cifar.search.space import parse_param
+    from tune_cifar.train import run
+
+    with pytest.raises(ValueError, match="already registered"):
+        sources.register_source("toy", _toy_arrays)
+    with pytest.raises(ValueError, match="unknown needs"):
+        sources.register_source("toy2", _toy_arrays, needs=("colour",))
+    a = load_source("toy", None, image_size=16)
+    assert toy_source[-1] == (Path("toy_data"), {"image_size": 16})
+    assert a.train_x.shape == (96, 3, 16, 16)  # the toy ignores it: resized after loading
+    with pytest.raises(UserError, match=r"data.labels_csv is only supported with data.name=folder, not toy"):
+        load_source("toy", None, labels_csv="x.csv")
+    assert "data.image_size" in sources.source_keys() and "data.cifar100_labels" in sources.source_keys()
+    with pytest.raises(UserError, match=r"data.cifar100_labels changes the dataset, which is loaded once"):
+        parse_param("x.yaml: params.data.cifar100_labels", "data.cifar100_labels", {"choice": ["fine"]}, {})
+
+    # config validation reads the registry: data.name=toy trains (fast_dev_run) through train.run
+    cfg = load_config(["data=cifar10", "data.name=toy", "data.num_classes=3", "data.dataset_path=",
+                       "data.train_batch_size=16", "data.inference_batch_size=32", "model=small_cnn",
+                       "model.model_name=tiny_cnn", "trainer.accelerator=cpu", "trainer.fast_dev_run=true",
+                       "trainer.enable_progress_bar=false", f"run.output_dir={tmp_path}"])
+    result = run(cfg)
+    assert toy_source[-1][0] == Path("toy_data")  # the source's default folder (dataset_path empty)
+    assert {"accuracy/test", "loss/test"} <= set(result["test"])
+    assert Path(result["output_dir"]).is_relative_to(tmp_path) and Path(result["output_dir"], "results.json").is_file()
+    with pytest.raises(UserError, match=r"data.name='toys' is not allowed; allowed: .*folder, toy$"):
+        load_config(["data.name=toys"])
+
+
+def test_source_option_of_another_source_is_refused(tmp_path):
+    write_cifar10(tmp_path, n_train=20, n_test=10)
+    with pytest.raises(UserError, match=r"data.cifar100_labels is only supported with data.name=cifar100, not "
+                                        r"cifar10"):
+        load_source("cifar10", tmp_path, download=False, cifar100_labels="coarse")
+    assert load_source("cifar10", tmp_path, download=False, cifar100_labels="fine").num_classes == 10  # default

@@ -1,4 +1,5 @@
-"""Model registry (timm, torchvision, builtin CNNs), model surgery and a serialisable ModelSpec."""
+"""Model registries (providers: timm, torchvision, builtin; builtin CNNs), model surgery and a serialisable
+ModelSpec. A new provider is one ``register_provider`` function, a new builtin model one ``register_builtin``."""
 
 from __future__ import annotations
 
@@ -124,6 +125,34 @@ def _with_weights(what: str, host: str, build: Callable[[], nn.Module]) -> nn.Mo
 
 
 # ---------------------------------------------------------------- providers
+@dataclass(frozen=True)
+class Provider:
+    """A registered model provider (``register_provider``)."""
+
+    name: str
+    create: Callable[..., nn.Module]  # (name, num_classes, in_chans, pretrained, fetch, **kwargs)
+    list_models: Callable[[], list[str]]  # the names it offers (close-match hints, search checks)
+    check: Callable[[str], None] | None = None  # raise UserError unless a name is valid; None: in list_models()
+
+
+PROVIDERS: dict[str, Provider] = {}
+
+
+def register_provider(name: str, *, list_models: Callable[[], list[str]],
+                      check: Callable[[str], None] | None = None):
+    """Decorator: register ``create(name, num_classes, in_chans, pretrained, fetch, **kwargs)`` as model
+    provider ``name`` (config ``model.provider_name``); ``fetch=False`` asks for a pretrained model's
+    architecture without downloading its weights. The model name is checked before ``create`` is called."""
+
+    def deco(create):
+        if name in PROVIDERS:
+            raise ValueError(f"model provider {name!r} is already registered")
+        PROVIDERS[name] = Provider(name, create, list_models, check)
+        return create
+
+    return deco
+
+
 def _unknown_model(name: str, provider: str, names: list[str], hint: str) -> UserError:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5) or names[:3]
     return UserError(f"model.model_name={name!r} is not a {provider} model; see {hint}, "
@@ -139,22 +168,50 @@ def _call(what: str, factory: Callable[..., nn.Module], kwargs: dict, *args, **f
         raise UserError(f"model.model_kwargs={kwargs!r} not accepted by {what}: {err}") from err
 
 
+def _provider(name: str) -> Provider:
+    check_choice("model.provider_name", name, PROVIDERS)
+    return PROVIDERS[name]
+
+
 def check_model_name(provider: str, name: str) -> None:
     """Raise a one-line UserError (with close names) unless ``provider`` has a model ``name``."""
-    check_choice("model.provider_name", provider, PROVIDERS)
-    if provider == "timm":
-        import timm
-
-        tagged = "." in name  # a pretrained tag, e.g. resnet18.a1_in1k
-        names = timm.list_pretrained() if tagged else list_models("timm")
-        if not (name in names and timm.is_model(name)):
-            raise _unknown_model(name, "timm", names, "timm.list_pretrained()" if tagged else "timm.list_models()")
-    elif provider == "torchvision":
-        if name not in list_models("torchvision"):
-            raise _unknown_model(name, "torchvision classification", list_models("torchvision"),
-                                 "torchvision.models.list_models(module=torchvision.models)")
+    p = _provider(provider)
+    if p.check is not None:
+        p.check(name)
     else:
-        check_choice("model.model_name", name, _BUILTIN)
+        check_choice("model.model_name", name, p.list_models())
+
+
+def list_models(provider: str) -> list[str]:
+    """Model names available from ``provider``."""
+    return _provider(provider).list_models()
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _check_timm(name: str) -> None:
+    import timm
+
+    tagged = "." in name  # a pretrained tag, e.g. resnet18.a1_in1k
+    names = timm.list_pretrained() if tagged else _timm_names()
+    if not (name in names and timm.is_model(name)):
+        raise _unknown_model(name, "timm", names, "timm.list_pretrained()" if tagged else "timm.list_models()")
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_torchvision(name: str) -> None:
+    if name not in _torchvision_names():
+        raise _unknown_model(name, "torchvision classification", _torchvision_names(),
+                             "torchvision.models.list_models(module=torchvision.models)")
 
 
 # What torchvision's builders set when given weights; set here too when a pretrained architecture is
@@ -165,11 +222,10 @@ _TORCHVISION_WEIGHTS_IMPLY = {
 }
 
 
+@register_provider("timm", list_models=_timm_names, check=_check_timm)
 def _create_timm(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) -> nn.Module:
     import huggingface_hub.constants as hf_constants
     import timm
-
-    check_model_name("timm", name)
 
     def build():
         return _call(f"timm/{name}", timm.create_model, kwargs, name, pretrained=pretrained and fetch,
@@ -180,10 +236,10 @@ def _create_timm(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) 
     return _with_weights(f"timm/{name}", urlparse(hf_constants.ENDPOINT).hostname, build)
 
 
+@register_provider("torchvision", list_models=_torchvision_names, check=_check_torchvision)
 def _create_torchvision(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) -> nn.Module:
     import torchvision
 
-    check_model_name("torchvision", name)
     what = f"torchvision/{name}"
     if pretrained:
         if fetch:
@@ -199,33 +255,12 @@ def _create_torchvision(name, num_classes, in_chans, pretrained, fetch=True, **k
     return change_first_conv(model, in_chans) if in_chans != 3 else model
 
 
+@register_provider("builtin", list_models=lambda: sorted(_BUILTIN))
 def _create_builtin(name, num_classes, in_chans, pretrained, fetch=True, **kwargs) -> nn.Module:
-    check_model_name("builtin", name)
     if pretrained:
         raise UserError("model.model_kwargs.pretrained=True is not allowed for provider 'builtin' "
                         "(no pretrained weights for builtin models); allowed: false")
     return _call(f"builtin/{name}", _BUILTIN[name], kwargs, num_classes, in_chans)
-
-
-PROVIDERS: dict[str, Callable[..., nn.Module]] = {
-    "timm": _create_timm,
-    "torchvision": _create_torchvision,
-    "builtin": _create_builtin,
-}
-
-
-def list_models(provider: str) -> list[str]:
-    """Model names available from ``provider``."""
-    check_choice("model.provider_name", provider, PROVIDERS)
-    if provider == "timm":
-        import timm
-
-        return timm.list_models()
-    if provider == "torchvision":
-        import torchvision
-
-        return sorted(torchvision.models.list_models(module=torchvision.models))
-    return sorted(_BUILTIN)
 
 
 def _check_positive_int(key: str, value) -> None:
@@ -238,11 +273,12 @@ def create_model(provider: str, name: str, num_classes: int, in_chans: int = 3, 
     """Create ``name`` from ``provider``; ``kwargs`` go to the provider's constructor.
 
     ``fetch=False``: a pretrained model's architecture without its weights (to load a checkpoint into)."""
-    check_choice("model.provider_name", provider, PROVIDERS)
+    create = _provider(provider).create
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_chans", in_chans)
     check_choice("model.model_kwargs.pretrained", pretrained, [True, False])
-    model = PROVIDERS[provider](name, num_classes, in_chans, pretrained, fetch, **kwargs)
+    check_model_name(provider, name)
+    model = create(name, num_classes, in_chans, pretrained, fetch, **kwargs)
     return apply_cifar_stem(model) if cifar_stem else model
 
 

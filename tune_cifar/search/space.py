@@ -21,6 +21,7 @@ import yaml
 from ..config import Config, _build, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
+from ..data.sources import source_keys
 from ..packaged import find_space
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
@@ -37,9 +38,10 @@ RESERVED = {
     "task.monitor": "search.metric",
     "task.monitor_mode": "search.mode",
 }
-# The dataset is read once in the driver and shared by all trials: these cannot vary per trial.
-LOADED_ONCE = ("data.name", "data.dataset_path", "data.download", "data.cifar100_labels", "data.image_size",
-               "data.labels_csv", "data.label_groups", "data.num_classes", "task.task")
+# The dataset is read once in the driver and shared by all trials: these cannot vary per trial (nor the
+# options the registered sources need, e.g. data.cifar100_labels: data.sources.source_keys()).
+LOADED_ONCE = ("data.name", "data.dataset_path", "data.download", "data.image_size", "data.label_groups",
+               "data.num_classes", "task.task")
 
 
 # --------------------------------------------------------------------------- YAML
@@ -227,7 +229,7 @@ def parse_param(where: str, key: str, spec, above: dict) -> Param:
     check_key(where, key)
     if key in RESERVED:
         raise UserError(f"{where}: {key} is set by the search, not sampled; use {RESERVED[key]}")
-    if any(key == k or key.startswith(k + ".") for k in LOADED_ONCE):
+    if any(key == k or key.startswith(k + ".") for k in (*LOADED_ONCE, *source_keys())):
         raise UserError(f"{where}: {key} changes the dataset, which is loaded once for all trials; "
                         f"set it in base (one dataset per search)")
     if isinstance(spec, list):
