@@ -87,7 +87,7 @@ def test_resource_errors_name_the_resource():
     import torch
 
     from tune_cifar.faults import ResourceExhausted, resource_errors
-    from tune_cifar.search.resilience import describe_error
+    from tune_cifar.search.results import describe_error
 
     with pytest.raises(ResourceExhausted, match="out of GPU memory.*data.train_batch_size.*search.resources.gpu"):
         with resource_errors():
@@ -108,7 +108,7 @@ def test_resource_errors_name_the_resource():
 
 
 def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, data_root, capsys):
-    from tune_cifar.search.resilience import plan_run
+    from tune_cifar.search.storage import plan_run
     from tune_cifar.search import main
     from tune_cifar.search.space import load_space
 
@@ -152,7 +152,7 @@ def test_new_name_run_resumes_with_the_command_it_records(tmp_path, data_root):
 
     import ray
 
-    from tune_cifar.search.resilience import resume_command
+    from tune_cifar.search.storage import resume_command
     from tune_cifar.search.cli import main, run_search
     from tune_cifar.search.space import load_space
 
@@ -196,8 +196,9 @@ def test_optuna_study_is_persistent_and_warm_starts(tmp_path, data_root):
     from ray.tune.search.optuna import OptunaSearch
 
     from tune_cifar.errors import UserError
-    from tune_cifar.search.resilience import check_study_direction, optuna_storage, study_name
-    from tune_cifar.search.space import load_space, make_sampler
+    from tune_cifar.search.study import check_study_direction, optuna_storage, study_name
+    from tune_cifar.search.sampler import make_sampler
+    from tune_cifar.search.space import load_space
 
     db = tmp_path / "db" / "optuna.db"
     space = load_space(space_file(tmp_path, data_root, {"optuna_storage": f"sqlite:///{db}"}))

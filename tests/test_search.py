@@ -164,7 +164,7 @@ def _fake_result(tmp_path, trial_id: str, accs: list, checkpoints=(), error=None
 
     import pandas as pd
 
-    from tune_cifar.search.resilience import STOP_REASON
+    from tune_cifar.search.results import STOP_REASON
 
     df = pd.DataFrame({"training_iteration": range(1, len(accs) + 1), "accuracy/val": accs,
                        "time_total_s": [float(i) for i in range(1, len(accs) + 1)]})
@@ -184,7 +184,7 @@ def _fake_result(tmp_path, trial_id: str, accs: list, checkpoints=(), error=None
 def test_export_is_the_top_exportable_row_of_results_at_its_best_epoch(tmp_path, data_root):
     """Failed and errored trials are not exported even when their best value is higher; of tied epochs
     the later one (the checkpoint Ray keeps) is both results.csv's best_epoch and the export."""
-    from tune_cifar.search.cli import export_choice, results_table
+    from tune_cifar.search.results import export_choice, results_table
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 3}}))
@@ -204,7 +204,7 @@ def test_interrupted_trial_waiting_for_a_retry_is_unfinished_not_error(tmp_path,
     """Its last error stays on the result, but Tune holds it PENDING and --resume continues it."""
     from types import SimpleNamespace
 
-    from tune_cifar.search.cli import results_table
+    from tune_cifar.search.results import results_table
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 3}}))
@@ -221,8 +221,8 @@ def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, dat
     import pandas as pd
 
     from tune_cifar.errors import UserError
-    from tune_cifar.search.resilience import plan_run
-    from tune_cifar.search.cli import finish
+    from tune_cifar.search.storage import plan_run
+    from tune_cifar.search.results import finish
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 1}}))
@@ -240,7 +240,7 @@ def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):
 
     import pandas as pd
 
-    from tune_cifar.search.cli import results_table
+    from tune_cifar.search.results import results_table
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 2}}))

@@ -1,13 +1,8 @@
-"""Driver-side resilience of a search: experiment names, resume, interruption, clusters, storage.
+"""Where a search writes: local folders or URIs, experiment names, run folders, search.yaml, resume checks.
 
 - ``plan_run``: where a search writes, and what happens when its experiment already exists
   (refuse with a clear message, ``--resume`` the latest run, or ``--new-name``).
 - ``check_resume``: a resumed search must have the configuration of the run it continues.
-- ``graceful_signals``: SIGTERM is handled like Ctrl-C (Tune saves its state and stops).
-- ``interrupted``: whether ``Tuner.fit`` returned because of an interruption.
-- ``connect`` / ``check_resources``: join a Ray cluster without hanging; refuse trial resources
-  that no node has (Tune would otherwise wait for them forever).
-- ``optuna_storage``: the optional persistent Optuna study.
 - Storage may be a local folder (NFS included) or a URI (``s3://``, ``gs://``, ``file://``):
   Ray writes trials and checkpoints there; the driver keeps its reports and the export in a local
   folder (``search.local_path``) and copies the reports next to the trials.
@@ -15,26 +10,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import yaml
 
 from ..errors import UserError
 
-log = logging.getLogger("tune_cifar")
-
 SEARCH_FILE = "search.yaml"  # written by the driver into each run folder before the trials start
-STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
-CONNECT_TIMEOUT_ENV = "TUNE_CIFAR_CONNECT_TIMEOUT_S"
 REPORT_FILES = ("search.yaml", "results.csv", "best.json", "learning_curves.png", "parallel_coordinates.png")
 
 
@@ -241,171 +228,3 @@ def upload_reports(paths: RunPaths) -> None:
         if src.is_file():
             with fs.open_output_stream(f"{p}/{name}") as out:
                 out.write(src.read_bytes())
-
-
-# --------------------------------------------------------------------------- interruption
-
-
-@contextlib.contextmanager
-def graceful_signals() -> Iterator[None]:
-    """Handle SIGTERM like Ctrl-C while the search runs: Tune saves the experiment state and stops."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def trial_statuses(grid) -> dict[str, str]:
-    """Tune's status of every trial by id (TERMINATED, ERROR, RUNNING, PENDING, PAUSED)."""
-    analysis = getattr(grid, "_experiment_analysis", None)  # ResultGrid has no public status
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
-
-
-def unfinished_trials(grid) -> set[str]:
-    return {t for t, st in trial_statuses(grid).items() if st not in ("TERMINATED", "ERROR")}
-
-
-def interrupted(grid, s, elapsed_s: float) -> bool:
-    """True when Tune stopped before the search was done (Ctrl-C, SIGTERM)."""
-    if unfinished_trials(grid):
-        return True
-    if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
-        return False  # the time budget ended it
-    made = len(trial_statuses(grid)) or len(grid)
-    return made < s.num_samples  # stopped before the searcher made every trial
-
-
-# --------------------------------------------------------------------------- Ray cluster
-
-
-def connect(address: str, timeout_s: float | None = None) -> None:
-    """``ray.init(address=...)`` that fails with a clear message instead of waiting forever."""
-    import ray
-
-    if address != "auto" and "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-            or (Path.home() / ".ray" / "auth_token").is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does itself for address=auto
-    try:  # a token cached by an earlier ray.init in this process would hide RAY_AUTH_TOKEN's
-        from ray._raylet import AuthenticationTokenLoader
-
-        AuthenticationTokenLoader.instance().reset_cache()
-    except (ImportError, AttributeError):
-        pass
-    timeout_s = float(os.environ.get(CONNECT_TIMEOUT_ENV, timeout_s or 90))
-    done = threading.Event()
-
-    def watchdog():
-        if not done.wait(timeout_s):
-            import sys
-
-            print(f"tune_cifar.search: error: could not connect to the Ray cluster at {address} within "
-                  f"{timeout_s:.0f} s; is it running (ray status --address {address}), and does this "
-                  f"machine have the cluster's token (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or "
-                  f"~/.ray/auth_token, as on the head node)?", file=sys.stderr, flush=True)
-            os._exit(2)
-
-    threading.Thread(target=watchdog, daemon=True, name="ray-connect-watchdog").start()
-    try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        why = str(err.__cause__ or "").strip()
-        cause = f" ({why.splitlines()[0][:200]})" if why else ""
-        raise UserError(f"--address {address}: cannot join the Ray cluster: "
-                        f"{str(err).strip().splitlines()[0][:300]}{cause}; is it running (ray status --address "
-                        f"{address}), and does this machine have its token (RAY_AUTH_TOKEN or "
-                        f"~/.ray/auth_token)?") from None
-    finally:
-        done.set()
-
-
-def check_resources(s, where: str) -> None:
-    """Every trial must fit on one node: Tune would wait forever for resources nobody has."""
-    import ray
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    need = {"CPU": float(s.resources.cpu), "GPU": float(s.resources.gpu)}
-    if any(all(r.get(k, 0) >= v for k, v in need.items()) for r in nodes):
-        return
-    for key, value in need.items():
-        best = max((r.get(key, 0) for r in nodes), default=0)
-        if best < value:
-            raise UserError(f"search.resources.{key.lower()}={value:g} per trial but no node of {where} has "
-                            f"{value:g} {key}s (the most on one node: {best:g}); allowed: at most {best:g}")
-    raise UserError(f"search.resources={{cpu: {need['CPU']:g}, gpu: {need['GPU']:g}}}: no single node of {where} "
-                    f"has both; lower one of them")
-
-
-# --------------------------------------------------------------------------- Optuna study
-
-
-def optuna_storage(s):
-    """The persistent Optuna storage of ``search.optuna_storage`` (None: in memory)."""
-    url = getattr(s, "optuna_storage", None)
-    if not url:
-        return None
-    import optuna
-
-    if url.startswith("sqlite:///"):
-        db = url.removeprefix("sqlite:///")
-        if db and db != ":memory:":
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as err:
-        raise UserError(f"search.optuna_storage={url}: {str(err).strip().splitlines()[0][:200]}; allowed: an "
-                        f"SQLAlchemy URL such as sqlite:///optuna.db or postgresql://user@host/db") from None
-
-
-def study_name(s) -> str:
-    return getattr(s, "optuna_study", None) or s.experiment
-
-
-def check_study_direction(storage, s) -> None:
-    """An existing persistent study is loaded as it is (Optuna's load_if_exists), direction included:
-    refuse one that optimises the other way rather than let TPE steer toward the worst trials."""
-    if storage is None:
-        return
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=study_name(s), storage=storage)
-    except KeyError:  # no such study yet: it is created with the search's direction
-        return
-    want = "maximize" if s.mode == "max" else "minimize"
-    have = study.direction.name.lower()
-    if have != want:
-        raise UserError(f"search.optuna_storage: study '{study_name(s)}' ({len(study.trials)} trials) was created "
-                        f"to {have}, but search.mode={s.mode} ({s.metric}) needs {want}; choose another study "
-                        f"with search.optuna_study=NAME")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def describe_error(error) -> str:
-    """One line for results.csv: the exception's own last line, with the resource named where known."""
-    text = str(error).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(error).__name__
-    ray_kinds = {type(e).__name__ for e in _chain(error) if type(e).__module__.startswith("ray")}
-    if "OutOfMemoryError" in ray_kinds:
-        return ("out of host memory (RAM): Ray's memory monitor killed the trial; lower "
-                "search.max_concurrent_trials or data.train_batch_size")[:300]
-    if ray_kinds & {"ActorDiedError", "WorkerCrashedError", "ActorUnavailableError", "NodeDiedError"}:
-        return f"the trial's process died (killed, out of memory, or its node was lost): {last}"[:300]
-    return last[:300]
-
-
-def _chain(error):
-    """The error and its causes; Ray sometimes gives a trial's error as text only (no chain)."""
-    seen = []
-    while isinstance(error, BaseException) and error not in seen:
-        seen.append(error)
-        error = getattr(error, "cause", None) or error.__cause__
-    return seen
