@@ -127,12 +127,15 @@ def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, dat
     assert len(err.splitlines()) == 1 and sorted(os.listdir(old.parent)) == [old.name]  # nothing written
 
     space = load_space(path)
-    paths = plan_run(space, new_name=True)
-    assert paths.experiment == space.search.experiment == space.base["run"]["experiment"] == "tiny_2"
+    plan = plan_run(space, ["data.train_subset=64"], new_name=True)
+    paths, renamed = plan.paths, plan.space
+    assert paths.experiment == renamed.search.experiment == renamed.base["run"]["experiment"] == "tiny_2"
     assert paths.local.parent == tmp_path / "outputs" / "tiny_2" and paths.export_dir.name == "best"
+    assert plan.overrides == ("data.train_subset=64", "search.experiment=tiny_2")  # what --resume will need
+    assert space.search.experiment == space.base["run"]["experiment"] == "tiny"  # the plan holds a renamed copy
 
     # --resume: the latest run, and the configuration must be the same.
-    assert plan_run(load_space(path), resume=True).local == old
+    assert plan_run(load_space(path), resume=True).paths.local == old
     with pytest.raises(SystemExit):
         main([str(path), "--resume"])
     assert "--resume: the configuration differs from run" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import UserError, cli_entry
 from . import cluster, storage
-from .results import finish, interrupted
+from .results import finish, interrupted, trial_statuses
 from .space import SearchSpace, load_space
 
 log = logging.getLogger("tune_cifar")
@@ -72,14 +72,12 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from .sampler import make_sampler
     from .trainable import train_trial
 
-    s = space.search
-    space.base["trainer"]["enable_progress_bar"] = False  # Ray's table is the progress display
-    named = s.experiment
-    paths = storage.plan_run(space, resume=resume, new_name=new_name)  # refuses to reuse a name silently
-    if paths.experiment != named:  # --new-name: search.yaml's command (for --resume) names the new one
-        overrides = [*overrides, f"search.experiment={paths.experiment}"]
-    if paths.resume:
-        storage.check_resume(paths, space, overrides)
+    # Ray's table is the progress display; --new-name renames the copy the plan holds
+    plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}), overrides, resume=resume,
+                            new_name=new_name)  # refuses to reuse a name silently
+    space, paths, s = plan.space, plan.paths, plan.space.search
+    if plan.resume:
+        storage.check_resume(plan)
     else:
         study.check_study_direction(study.optuna_storage(s), s)
     run_dir = paths.local
@@ -122,17 +120,18 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             )
         if not paths.resume:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "search.yaml").write_text(yaml.safe_dump(storage.search_record(space, overrides),
+            (run_dir / "search.yaml").write_text(yaml.safe_dump(storage.search_record(space, plan.overrides),
                                                                 sort_keys=False))
             storage.upload_reports(paths)
         start = time.monotonic()
         with cluster.graceful_signals():  # SIGTERM like Ctrl-C: Tune saves its state, --resume continues
             grid = tuner.fit()
-        stopped = interrupted(grid, s, time.monotonic() - start)
+        statuses = trial_statuses(grid)
+        stopped = interrupted(statuses, len(grid), s, time.monotonic() - start)
     finally:
         if started:
             ray.shutdown()
-    return finish(space, grid, paths, arrays, interrupted=stopped)
+    return finish(plan, grid, arrays, statuses, interrupted=stopped)
 
 
 @cli_entry

@@ -28,22 +28,35 @@ EXPORTED = ("completed", "stopped early")  # failed, errored and unfinished tria
 
 
 def trial_statuses(grid) -> dict[str, str]:
-    """Tune's status of every trial by id (TERMINATED, ERROR, RUNNING, PENDING, PAUSED)."""
-    analysis = getattr(grid, "_experiment_analysis", None)  # ResultGrid has no public status
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
+    """Tune's status of every trial by id (TERMINATED, ERROR, RUNNING, PENDING, PAUSED).
+
+    A ``ResultGrid`` has no status per result, so this reads the experiment state Tune saved when
+    ``fit`` returned, through the public ``ExperimentAnalysis`` (its ``trials``), not the grid's private copy.
+    """
+    path = getattr(grid, "experiment_path", None)
+    if path is None:  # not a Tune ResultGrid (unit tests)
+        return {}
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(path, storage_filesystem=grid.filesystem)
+    except ValueError:  # no experiment state saved (nothing ran)
+        return {}
+    return {t.trial_id: t.status for t in analysis.trials}
 
 
-def unfinished_trials(grid) -> set[str]:
-    return {t for t, st in trial_statuses(grid).items() if st not in ("TERMINATED", "ERROR")}
+def unfinished(statuses: dict[str, str]) -> set[str]:
+    """Trials an interruption left running, pending or paused (``--resume`` continues them)."""
+    return {t for t, st in statuses.items() if st not in ("TERMINATED", "ERROR")}
 
 
-def interrupted(grid, s, elapsed_s: float) -> bool:
-    """True when Tune stopped before the search was done (Ctrl-C, SIGTERM)."""
-    if unfinished_trials(grid):
+def interrupted(statuses: dict[str, str], results: int, s, elapsed_s: float) -> bool:
+    """True when Tune stopped before the search was done (Ctrl-C, SIGTERM); ``results``: the grid's length."""
+    if unfinished(statuses):
         return True
     if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
         return False  # the time budget ended it
-    made = len(trial_statuses(grid)) or len(grid)
+    made = len(statuses) or results
     return made < s.num_samples  # stopped before the searcher made every trial
 
 
@@ -89,12 +102,13 @@ def _best_index(values, mode: str):
     return values[values == best].index[-1]
 
 
-def results_table(space: SearchSpace, grid):
-    """One row per trial: status, best metric and its epoch, epochs run, time, hyperparameters."""
+def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = None):
+    """One row per trial: status, best metric and its epoch, epochs run, time, hyperparameters.
+    ``statuses``: Tune's status by trial id (``trial_statuses``), to tell unfinished trials."""
     import pandas as pd
 
     s, rows = space.search, []
-    unfinished = unfinished_trials(grid)  # ids of trials an interruption left running or pending
+    left = unfinished(statuses or {})  # ids of trials an interruption left running or pending
     for result in grid:
         df = result.metrics_dataframe
         has = df is not None and len(df) and s.metric in df
@@ -105,7 +119,7 @@ def results_table(space: SearchSpace, grid):
         trial_id = trial_id_of(result)
         # unfinished first: a trial waiting for a retry (max_failures) when the search was interrupted still
         # carries its last error, but --resume continues it
-        status = ("unfinished" if trial_id in unfinished else "error" if result.error else "failed" if reason else
+        status = ("unfinished" if trial_id in left else "error" if result.error else "failed" if reason else
                   "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
         rows.append({
             "trial_id": trial_id,
@@ -156,17 +170,19 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
     return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
 
 
-def finish(space: SearchSpace, grid, paths: storage.RunPaths, arrays, interrupted: bool = False) -> dict:
+def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None = None,
+           interrupted: bool = False) -> dict:
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
     from ..export import write_export
     from .trainable import checkpoint_file
     from ..trial import evaluate, quiet
 
     quiet()
+    space, paths = plan.space, plan.paths
     s = space.search
     run_dir = paths.local
     run_dir.mkdir(parents=True, exist_ok=True)
-    table = results_table(space, grid)
+    table = results_table(space, grid, statuses)
     table.to_csv(run_dir / "results.csv", index=False)
     print(summary_text(space, table), flush=True)
     print(f"results: {run_dir / 'results.csv'}")

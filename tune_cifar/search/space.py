@@ -8,6 +8,7 @@ Which config keys exist and which values fit them is in ``keys``; the ``search``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,7 @@ def _check_ref(where: str, key: str, above: dict) -> None:
 # --------------------------------------------------------------------------- the space
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSpace:
     """A parsed search-space file: base config, parameters, search settings."""
 
@@ -241,6 +242,18 @@ class SearchSpace:
     @property
     def sampled(self) -> list[Param]:
         return [p for p in self.params if p.sampled]
+
+    def with_base(self, values: dict) -> SearchSpace:
+        """A copy whose base config has ``values`` ({dotted key: value}) set; this space is not changed."""
+        base = copy.deepcopy(self.base)
+        for key, v in values.items():
+            set_dotted(base, key, copy.deepcopy(v))
+        return dataclasses.replace(self, base=base)
+
+    def renamed(self, experiment: str) -> SearchSpace:
+        """A copy for experiment ``experiment``: search.experiment and the trials' run.experiment."""
+        return dataclasses.replace(self.with_base({"run.experiment": experiment}),
+                                   search=dataclasses.replace(self.search, experiment=experiment))
 
     def suggest(self, trial) -> dict:
         """Optuna define-by-run: sample the active parameters; returns {dotted key: value}."""

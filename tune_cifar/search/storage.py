@@ -73,7 +73,7 @@ def _join(base: str, *parts: str) -> str:
 # --------------------------------------------------------------------------- where a search writes
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunPaths:
     """The folders of one search run."""
 
@@ -128,14 +128,29 @@ def local_root(s) -> Path:
     return Path(getattr(s, "local_path", None) or "outputs").resolve()
 
 
-def plan_run(space, resume: bool = False, new_name: bool = False) -> RunPaths:
+@dataclass(frozen=True)
+class RunPlan:
+    """One search run, decided once from the command line and the space before anything starts; passed
+    down to the Tuner, the trials, search.yaml and the export instead of editing the space in place."""
+
+    space: object  # the SearchSpace the trials get, named for this run (a --new-name run has its own name)
+    paths: RunPaths
+    overrides: tuple[str, ...] = ()  # the command line's; a --new-name run adds search.experiment=<its name>
+
+    @property
+    def resume(self) -> bool:
+        return self.paths.resume
+
+
+def plan_run(space, overrides: Sequence[str] = (), resume: bool = False, new_name: bool = False) -> RunPlan:
     """Decide the experiment name and run folder; refuse to reuse an experiment name silently.
 
     Without options, an existing experiment (a search run or an export under
     ``<storage_path>/<experiment>``) is an error that says how to go on. ``resume``: continue its
-    latest run. ``new_name``: use ``<experiment>_2`` (the first free name) and say so.
+    latest run. ``new_name``: use ``<experiment>_2`` (the first free name) and say so. ``space`` is not
+    changed: the plan holds a renamed copy.
     """
-    s = space.search
+    s, overrides = space.search, tuple(overrides)
     if resume and new_name:
         raise UserError("--resume continues an existing experiment, --new-name starts a new one: give only one")
     root, local = _storage_root(s), local_root(s)
@@ -145,7 +160,8 @@ def plan_run(space, resume: bool = False, new_name: bool = False) -> RunPaths:
         if not runs:
             raise UserError(f"--resume: no search to resume for experiment '{s.experiment}' in {exp} "
                             f"(no run folder with {SEARCH_FILE}); run without --resume to start one")
-        return RunPaths(s.experiment, runs[-1], exp, local / s.experiment / runs[-1], resume=True)
+        return RunPlan(space, RunPaths(s.experiment, runs[-1], exp, local / s.experiment / runs[-1], resume=True),
+                       overrides)
     taken = runs or (["best"] if (local / s.experiment / "best").exists() else [])
     if taken and not new_name:
         what = (f"{len(runs)} search run{'s' if len(runs) > 1 else ''}, latest {runs[-1]} "
@@ -155,11 +171,13 @@ def plan_run(space, resume: bool = False, new_name: bool = False) -> RunPaths:
                         f"with search.experiment=NAME")
     if taken:
         old = s.experiment
-        rename_experiment(space, free_name(space))
+        space = space.renamed(free_name(space))
+        s = space.search
+        overrides = (*overrides, f"search.experiment={s.experiment}")  # search.yaml's command (for --resume)
         print(f"experiment '{old}' exists: this search is '{s.experiment}'", flush=True)
         exp = _join(root, s.experiment)
     name = _stamp(set(_children(exp)) | set(_children(str(local / s.experiment))))
-    return RunPaths(s.experiment, name, exp, local / s.experiment / name)
+    return RunPlan(space, RunPaths(s.experiment, name, exp, local / s.experiment / name), overrides)
 
 
 def _storage_root(s) -> str:
@@ -173,11 +191,6 @@ def free_name(space) -> str:
     while _exists(_join(root, f"{s.experiment}_{n}")) or (local / f"{s.experiment}_{n}").exists():
         n += 1
     return f"{s.experiment}_{n}"
-
-
-def rename_experiment(space, name: str) -> None:
-    space.search.experiment = name
-    space.base["run"]["experiment"] = name
 
 
 def search_record(space, overrides: Sequence[str]) -> dict:
@@ -199,8 +212,9 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
-def check_resume(paths: RunPaths, space, overrides: Sequence[str]) -> None:
+def check_resume(plan: RunPlan) -> None:
     """Refuse to resume with a configuration other than the run's (Ray restores the old one anyway)."""
+    paths, space, overrides = plan.paths, plan.space, plan.overrides
     stored = yaml.safe_load(_read_text(_join(paths.ray_dir, SEARCH_FILE)))
     now = _normal(search_record(space, overrides))
     diffs = _diff({"search": _normal(stored.get("search")), "base": _normal(stored.get("base"))},
