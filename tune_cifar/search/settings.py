@@ -99,3 +99,24 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
             value = get_dotted(dataclasses.asdict(s), key)
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
     return s
+
+
+def set_search_key(where: str, data: dict, key: str, value) -> None:
+    """A command-line ``search.key=value`` override, set in the raw search section before it is parsed."""
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{where}: override search.{key}: {part} is not a section")
+    node[last] = value
+
+
+def apply_to_base(base: dict, s: SearchSettings) -> None:
+    """What every trial shares: the epoch budget, the metric, one device."""
+    t = base["trainer"]
+    t["max_epochs"] = s.scheduler.max_epochs
+    t["val_check_interval"], t["check_val_every_n_epoch"] = 1.0, 1
+    t["accelerator"], t["devices"] = ("gpu" if s.resources.gpu > 0 else "cpu"), 1
+    base["task"]["monitor"], base["task"]["monitor_mode"] = s.metric, s.mode
+    base["run"]["experiment"], base["run"]["output_dir"] = s.experiment, s.storage_path

@@ -20,7 +20,7 @@ from ..config import Config, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
 from .keys import LOADED_ONCE, RESERVED, check_key, check_models, check_values, get_dotted
-from .settings import SearchSettings, parse_settings
+from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
 SECTIONS = ("base", "params", "search")
@@ -356,7 +356,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 parsed = yaml.load(value, Loader=_Loader)
             except yaml.YAMLError as err:
                 raise UserError(f"override {ov}: not a valid YAML value: {' '.join(str(err).split())}") from None
-            _set_search(where, search_raw, key.removeprefix("search."), parsed)
+            set_search_key(where, search_raw, key.removeprefix("search."), parsed)
             continue
         bare = key.lstrip("+~")
         if bare in params_raw:
@@ -395,7 +395,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise UserError(f"{where}: params has no sampled parameter (only fixed values)")
     check_models(where, base, params)
 
-    _apply_search(base, search)
+    apply_to_base(base, search)
     fixed = [p for p in params.values() if not p.sampled and not p.when and not p.depends_on]
     for p in fixed:
         set_dotted(base, p.key, p.dists[None].args[0])
@@ -408,23 +408,3 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
     return space
-
-
-def _set_search(where: str, data: dict, key: str, value) -> None:
-    node = data
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"{where}: override search.{key}: {part} is not a section")
-    node[last] = value
-
-
-def _apply_search(base: dict, s: SearchSettings) -> None:
-    """What every trial shares: the epoch budget, the metric, one device."""
-    t = base["trainer"]
-    t["max_epochs"] = s.scheduler.max_epochs
-    t["val_check_interval"], t["check_val_every_n_epoch"] = 1.0, 1
-    t["accelerator"], t["devices"] = ("gpu" if s.resources.gpu > 0 else "cpu"), 1
-    base["task"]["monitor"], base["task"]["monitor_mode"] = s.metric, s.mode
-    base["run"]["experiment"], base["run"]["output_dir"] = s.experiment, s.storage_path
