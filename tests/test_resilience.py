@@ -62,6 +62,19 @@ def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
         run_trial(cfg, load_data(cfg.data, cfg.task.task), None, trial_callbacks({}))
 
 
+def test_fault_injection_is_loaded_only_when_its_variable_is_set():
+    """A user's trial never imports the test-only fault injection; with TUNE_CIFAR_TEST_FAULTS it does."""
+    script = ("import sys; from tune_cifar.faults import trial_callbacks; "
+              "cbs = trial_callbacks({'optimizer.lr': 0.1}, 't1'); "
+              "print(sorted(type(c).__name__ for c in cbs), 'tune_cifar.fault_injection' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != TEST_FAULTS_ENV}
+    plain = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.split("\n")[0] == "['NonFiniteLossCallback'] False"
+    env[TEST_FAULTS_ENV] = json.dumps([{"when": {"optimizer.lr": 0.1}, "fault": "raise"}])
+    asked = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert asked.stdout.split("\n")[0] == "['FaultInjection', 'NonFiniteLossCallback'] True"
+
+
 def test_worker_memory_counts_what_an_earlier_trial_left(tiny_cfg):
     """A trial stopped the way Ray stops one (SystemExit from inside a report) leaves no model behind;
     one still referenced is counted by the next trial's WorkerMemory and reported as memory/*."""
