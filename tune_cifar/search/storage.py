@@ -15,11 +15,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
 
 SEARCH_FILE = "search.yaml"  # written by the driver into each run folder before the trials start
 REPORT_FILES = ("search.yaml", "results.csv", "best.json", "learning_curves.png", "parallel_coordinates.png")
@@ -133,7 +136,7 @@ class RunPlan:
     """One search run, decided once from the command line and the space before anything starts; passed
     down to the Tuner, the trials, search.yaml and the export instead of editing the space in place."""
 
-    space: object  # the SearchSpace the trials get, named for this run (a --new-name run has its own name)
+    space: SearchSpace  # what the trials get, named for this run (a --new-name run has its own name)
     paths: RunPaths
     overrides: tuple[str, ...] = ()  # the command line's; a --new-name run adds search.experiment=<its name>
 
