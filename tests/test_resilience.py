@@ -62,6 +62,19 @@ def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
         run_trial(cfg, load_data(cfg.data, cfg.task.task), None, trial_callbacks({}))
 
 
+def test_fault_injection_is_loaded_only_when_its_variable_is_set():
+    """A user's trial never imports the test-only fault injection; with TUNE_CIFAR_TEST_FAULTS it does."""
+    script = ("import sys; from tune_cifar.faults import trial_callbacks; "
+              "cbs = trial_callbacks({'optimizer.lr': 0.1}, 't1'); "
+              "print(sorted(type(c).__name__ for c in cbs), 'tune_cifar.fault_injection' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != TEST_FAULTS_ENV}
+    plain = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.split("\n")[0] == "['NonFiniteLossCallback'] False"
+    env[TEST_FAULTS_ENV] = json.dumps([{"when": {"optimizer.lr": 0.1}, "fault": "raise"}])
+    asked = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert asked.stdout.split("\n")[0] == "['FaultInjection', 'NonFiniteLossCallback'] True"
+
+
 def test_worker_memory_counts_what_an_earlier_trial_left(tiny_cfg):
     """A trial stopped the way Ray stops one (SystemExit from inside a report) leaves no model behind;
     one still referenced is counted by the next trial's WorkerMemory and reported as memory/*."""
@@ -87,7 +100,7 @@ def test_resource_errors_name_the_resource():
     import torch
 
     from tune_cifar.faults import ResourceExhausted, resource_errors
-    from tune_cifar.search.resilience import describe_error
+    from tune_cifar.search.results import describe_error
 
     with pytest.raises(ResourceExhausted, match="out of GPU memory.*data.train_batch_size.*search.resources.gpu"):
         with resource_errors():
@@ -108,7 +121,7 @@ def test_resource_errors_name_the_resource():
 
 
 def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, data_root, capsys):
-    from tune_cifar.search.resilience import plan_run
+    from tune_cifar.search.storage import plan_run
     from tune_cifar.search import main
     from tune_cifar.search.space import load_space
 
@@ -127,12 +140,15 @@ def test_same_experiment_name_is_refused_unless_resume_or_new_name(tmp_path, dat
     assert len(err.splitlines()) == 1 and sorted(os.listdir(old.parent)) == [old.name]  # nothing written
 
     space = load_space(path)
-    paths = plan_run(space, new_name=True)
-    assert paths.experiment == space.search.experiment == space.base["run"]["experiment"] == "tiny_2"
+    plan = plan_run(space, ["data.train_subset=64"], new_name=True)
+    paths, renamed = plan.paths, plan.space
+    assert paths.experiment == renamed.search.experiment == renamed.base["run"]["experiment"] == "tiny_2"
     assert paths.local.parent == tmp_path / "outputs" / "tiny_2" and paths.export_dir.name == "best"
+    assert plan.overrides == ("data.train_subset=64", "search.experiment=tiny_2")  # what --resume will need
+    assert space.search.experiment == space.base["run"]["experiment"] == "tiny"  # the plan holds a renamed copy
 
     # --resume: the latest run, and the configuration must be the same.
-    assert plan_run(load_space(path), resume=True).local == old
+    assert plan_run(load_space(path), resume=True).paths.local == old
     with pytest.raises(SystemExit):
         main([str(path), "--resume"])
     assert "--resume: the configuration differs from run" in capsys.readouterr().err
@@ -152,7 +168,7 @@ def test_new_name_run_resumes_with_the_command_it_records(tmp_path, data_root):
 
     import ray
 
-    from tune_cifar.search.resilience import resume_command
+    from tune_cifar.search.storage import resume_command
     from tune_cifar.search.cli import main, run_search
     from tune_cifar.search.space import load_space
 
@@ -196,8 +212,9 @@ def test_optuna_study_is_persistent_and_warm_starts(tmp_path, data_root):
     from ray.tune.search.optuna import OptunaSearch
 
     from tune_cifar.errors import UserError
-    from tune_cifar.search.resilience import check_study_direction, optuna_storage, study_name
-    from tune_cifar.search.space import load_space, make_sampler
+    from tune_cifar.search.study import check_study_direction, optuna_storage, study_name
+    from tune_cifar.search.sampler import make_sampler
+    from tune_cifar.search.space import load_space
 
     db = tmp_path / "db" / "optuna.db"
     space = load_space(space_file(tmp_path, data_root, {"optuna_storage": f"sqlite:///{db}"}))

@@ -70,6 +70,12 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     import pandas as pd
 
     table = pd.read_csv(out["results"])
+    from types import SimpleNamespace
+
+    from tune_cifar.search.results import trial_statuses
+
+    saved = SimpleNamespace(experiment_path=out["ray_dir"], filesystem=None)  # a ResultGrid's public fields
+    assert trial_statuses(saved) == {t: "TERMINATED" for t in table["trial_id"]}  # Tune's saved state, read back
     assert len(table) == 4 and set(table.columns) >= {
         "trial_id", "status", "accuracy/val", "best_epoch", "epochs", "time_s", "optimizer.lr", "optimizer.optimizer"}
     assert (table["epochs"] < 3).any() and (table["status"] == "stopped early").any()  # ASHA stopped one early
@@ -118,6 +124,56 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     assert read_export(find_best(moved)).metrics == exp.metrics
 
 
+def test_a_registered_scheduler_and_searcher_are_one_function_each(tmp_path, data_root):
+    """Registering a scheduler and a searcher by name makes them valid search settings (and named in the
+    allowed values), and a search runs with them: the Tuner drives the registered objects."""
+    import optuna
+    import ray
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune_cifar.errors import UserError
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.registry import SCHEDULERS, SEARCHERS, register_scheduler, register_searcher
+    from tune_cifar.search.space import load_space
+
+    seen = {"results": 0, "sampler": None}
+
+    class CountingFIFO(FIFOScheduler):  # runs in the driver: it sees every reported epoch
+        def on_trial_result(self, tune_controller, trial, result):
+            seen["results"] += 1
+            return super().on_trial_result(tune_controller, trial, result)
+
+    @register_scheduler("toy_fifo")
+    def toy_fifo(s):
+        return CountingFIFO()
+
+    @register_searcher("toy_random")
+    def toy_random(s):
+        seen["sampler"] = optuna.samplers.RandomSampler(seed=s.searcher.seed + 1)
+        return seen["sampler"]
+
+    try:
+        with pytest.raises(UserError, match=r"search.scheduler.name='nope' is not allowed; allowed: asha, fifo, "
+                                            r"toy_fifo$"):
+            load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "nope"}}))
+        path = space_file(tmp_path, data_root, {"num_samples": 2, "max_concurrent_trials": 1,
+                                                "scheduler": {"name": "toy_fifo", "max_epochs": 2},
+                                                "searcher": {"name": "toy_random"}})
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+        try:
+            out = run_search(load_space(path))
+        finally:
+            ray.shutdown()
+    finally:
+        SCHEDULERS.pop("toy_fifo", None)
+        SEARCHERS.pop("toy_random", None)
+    assert out["trials"] == 2 and out["trial_epochs"] == 4
+    assert seen["results"] == 4  # two trials, two epochs each, all seen by the registered scheduler
+    assert isinstance(seen["sampler"], optuna.samplers.RandomSampler)  # built by the registered function
+    with pytest.raises(UserError, match=r"allowed: asha, fifo$"):  # unregistered again
+        load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "toy_fifo"}}))
+
+
 DEBUG_SCRIPT = """
 import sys
 from tune_cifar.search import main
@@ -164,7 +220,7 @@ def _fake_result(tmp_path, trial_id: str, accs: list, checkpoints=(), error=None
 
     import pandas as pd
 
-    from tune_cifar.search.resilience import STOP_REASON
+    from tune_cifar.search.results import STOP_REASON
 
     df = pd.DataFrame({"training_iteration": range(1, len(accs) + 1), "accuracy/val": accs,
                        "time_total_s": [float(i) for i in range(1, len(accs) + 1)]})
@@ -184,7 +240,7 @@ def _fake_result(tmp_path, trial_id: str, accs: list, checkpoints=(), error=None
 def test_export_is_the_top_exportable_row_of_results_at_its_best_epoch(tmp_path, data_root):
     """Failed and errored trials are not exported even when their best value is higher; of tied epochs
     the later one (the checkpoint Ray keeps) is both results.csv's best_epoch and the export."""
-    from tune_cifar.search.cli import export_choice, results_table
+    from tune_cifar.search.results import export_choice, results_table
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 3}}))
@@ -202,17 +258,15 @@ def test_export_is_the_top_exportable_row_of_results_at_its_best_epoch(tmp_path,
 
 def test_interrupted_trial_waiting_for_a_retry_is_unfinished_not_error(tmp_path, data_root):
     """Its last error stays on the result, but Tune holds it PENDING and --resume continues it."""
-    from types import SimpleNamespace
 
-    from tune_cifar.search.cli import results_table
+    from tune_cifar.search.results import results_table
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 3}}))
-    grid = type("Grid", (list,), {})([_fake_result(tmp_path, "retry", [0.5], [1], error=RuntimeError("boom")),
-                                      _fake_result(tmp_path, "dead", [0.4], [1], error=RuntimeError("boom"))])
-    grid._experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id="retry", status="PENDING"),
-                                                        SimpleNamespace(trial_id="dead", status="ERROR")])
-    table = results_table(space, grid).set_index("trial_id")
+    grid = [_fake_result(tmp_path, "retry", [0.5], [1], error=RuntimeError("boom")),
+            _fake_result(tmp_path, "dead", [0.4], [1], error=RuntimeError("boom"))]
+    statuses = {"retry": "PENDING", "dead": "ERROR"}  # what results.trial_statuses reads from Tune's saved state
+    table = results_table(space, grid, statuses).set_index("trial_id")
     assert table.loc["retry", "status"] == "unfinished" and table.loc["dead", "status"] == "error"
 
 
@@ -221,17 +275,17 @@ def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, dat
     import pandas as pd
 
     from tune_cifar.errors import UserError
-    from tune_cifar.search.resilience import plan_run
-    from tune_cifar.search.cli import finish
+    from tune_cifar.search.storage import plan_run
+    from tune_cifar.search.results import finish
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 1}}))
     grid = [_fake_result(tmp_path, "a", [0.5]), _fake_result(tmp_path, "b", [0.7], [1], reason="loss/train: nan")]
-    paths = plan_run(space)
+    plan = plan_run(space)
     with pytest.raises(UserError, match=r"^no completed or early-stopped trial reported accuracy/val with a "
                                         r"checkpoint, nothing exported"):
-        finish(space, grid, paths, arrays=None)
-    assert list(pd.read_csv(paths.local / "results.csv")["trial_id"]) == ["b", "a"]
+        finish(plan, grid, arrays=None)
+    assert list(pd.read_csv(plan.paths.local / "results.csv")["trial_id"]) == ["b", "a"]
 
 
 def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):
@@ -240,7 +294,7 @@ def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):
 
     import pandas as pd
 
-    from tune_cifar.search.cli import results_table
+    from tune_cifar.search.results import results_table
     from tune_cifar.search.space import load_space
 
     space = load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "fifo", "max_epochs": 2}}))

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from tune_cifar.errors import UserError
-from tune_cifar.search.space import load_space, sample
+from tune_cifar.search.sampler import sample
+from tune_cifar.search.space import load_space
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = ["data=cifar10", "model=small_cnn", "model.model_name=tiny_cnn"]

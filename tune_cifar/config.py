@@ -367,3 +367,9 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     if not isinstance(node, dict):
         raise UserError(f"config: {'.'.join(parts[:-1])} is a value ({node!r}), not a section: {key} does not exist")
     node[parts[-1]] = value
+
+
+def build_section(cls, data: dict, prefix: str):
+    """A config dataclass ``cls`` from a plain dict: types coerced, unknown and missing keys refused with
+    one ``config: prefix.key ...`` line. Public for other sections with the config's rules (search settings)."""
+    return _build(cls, data, prefix)

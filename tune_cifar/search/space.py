@@ -1,47 +1,31 @@
-"""Search-space files: parse and validate the YAML, build Optuna's define-by-run function.
+"""Search-space files: the distribution grammar, parsing and validation, Optuna's define-by-run function.
 
 No Ray here: the driver, the Ray workers and ``--debug`` all use it. The schema is
 documented in ``search_spaces/README.md``. Every error is one line naming the file and key.
+Which config keys exist and which values fit them is in ``keys``; the ``search`` section in ``settings``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from ..config import Config, _build, compose, config_from_dict, set_dotted, to_plain
+from ..config import Config, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
 from ..data.sources import source_keys
 from ..packaged import find_space
+from .keys import LOADED_ONCE, RESERVED, check_key, check_models, check_values, get_dotted
+from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
 SECTIONS = ("base", "params", "search")
-SCHEDULERS = ("asha", "fifo")
-SEARCHERS = ("tpe", "random")
-# Set by the search itself, never sampled: key -> what to use instead.
-RESERVED = {
-    "trainer.max_epochs": "search.scheduler.max_epochs",
-    "trainer.val_check_interval": "nothing (trials validate once per epoch)",
-    "trainer.check_val_every_n_epoch": "nothing (trials validate once per epoch)",
-    "trainer.devices": "search.resources.gpu",
-    "trainer.accelerator": "search.resources.gpu",
-    "task.monitor": "search.metric",
-    "task.monitor_mode": "search.mode",
-}
-# The dataset is read once in the driver and shared by all trials: these cannot vary per trial (nor the
-# options the registered sources need, e.g. data.cifar100_labels: data.sources.source_keys()).
-LOADED_ONCE = ("data.name", "data.dataset_path", "data.download", "data.image_size", "data.label_groups",
-               "data.num_classes", "task.task")
 
 
 # --------------------------------------------------------------------------- YAML
@@ -186,44 +170,6 @@ class Param:
         return f"{self.key}@{values[self.depends_on]}" if self.depends_on else self.key
 
 
-def _hint_fields(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _unwrap(hint):
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-def check_key(where: str, key: str) -> None:
-    """``key`` must name a config value (any sub-key of a free dict such as model_kwargs is fine)."""
-    cls, parts = Config, key.split(".")
-    for i, part in enumerate(parts):
-        hints = _hint_fields(cls)
-        if part not in hints:
-            section = ".".join(parts[:i]) or "the top level"
-            close = difflib.get_close_matches(part, hints, n=1)
-            hint = f" (did you mean {'.'.join(parts[:i] + close)}?)" if close else ""
-            raise UserError(f"{where}: unknown config key {key}{hint}; allowed under {section}: {allowed(hints)}")
-        hint = _unwrap(hints[part])
-        if hint is dict:
-            return
-        if dataclasses.is_dataclass(hint):
-            cls = hint
-        elif i < len(parts) - 1:
-            raise UserError(f"{where}: {'.'.join(parts[: i + 1])} is a value, not a section")
-
-
-def get_dotted(data: dict, key: str):
-    node = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def parse_param(where: str, key: str, spec, above: dict) -> Param:
     """One ``params`` entry; ``above`` holds the parameters defined before it."""
     check_key(where, key)
@@ -282,97 +228,10 @@ def _check_ref(where: str, key: str, above: dict) -> None:
         raise UserError(f"{where}: {key} is set by the search; it cannot be a condition")
 
 
-# --------------------------------------------------------------------------- search settings
-
-
-@dataclass
-class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0  # fractions share a GPU between trials (each trial still uses devices=1)
-
-    def for_ray(self) -> dict:
-        """What ``tune.with_resources`` reserves per trial: 0.5 GPU packs two trials on a card."""
-        return {"cpu": self.cpu, "gpu": self.gpu}
-
-
-@dataclass
-class Scheduler:
-    name: str = "asha"  # asha or fifo
-    max_epochs: int = 10  # every trial's trainer.max_epochs; ASHA's max_t
-    grace_period: int = 1  # ASHA: epochs before a trial can be stopped
-    reduction_factor: float = 3.0  # ASHA: keep 1/reduction_factor of trials at each rung
-
-
-@dataclass
-class Searcher:
-    name: str = "tpe"  # tpe or random (Optuna samplers)
-    seed: int = 0
-    n_startup_trials: int = 5  # TPE: random trials before the model kicks in
-    points_to_evaluate: list = field(default_factory=list)  # [{dotted.key: value, ...}, ...] run first
-
-
-@dataclass
-class SearchSettings:
-    metric: Optional[str] = None  # default: the base config's task.monitor (accuracy/val)
-    mode: Optional[str] = None  # max or min; default: task.monitor_mode
-    num_samples: int = 10
-    time_budget_s: Optional[float] = None
-    max_concurrent_trials: Optional[int] = None  # default: as many as the resources allow
-    resources: Resources = field(default_factory=Resources)
-    scheduler: Scheduler = field(default_factory=Scheduler)
-    searcher: Searcher = field(default_factory=Searcher)
-    experiment: Optional[str] = None  # default: run.experiment
-    storage_path: Optional[str] = None  # default: run.output_dir
-    checkpoints_to_keep: int = 2  # per trial, best by the metric
-    max_failures: int = 0  # retries of a failed trial (resumes from its last checkpoint)
-    local_path: Optional[str] = None  # with a URI storage_path: the driver's reports and export (default: outputs)
-    optuna_storage: Optional[str] = None  # persistent Optuna study, e.g. sqlite:///optuna.db (default: in memory)
-    optuna_study: Optional[str] = None  # its study name (default: the experiment name)
-
-
-def _settings(where: str, data: dict, base: dict) -> SearchSettings:
-    try:
-        s = _build(SearchSettings, data, "search")
-    except UserError as err:
-        raise UserError(f"{where}: {str(err).removeprefix('config: ')}") from None
-    s.metric = s.metric or base["task"]["monitor"]
-    s.mode = s.mode or base["task"]["monitor_mode"]
-    s.experiment = s.experiment or base["run"]["experiment"]
-    s.storage_path = s.storage_path or base["run"]["output_dir"]
-    logged = {"loss/val"} | {f"{m}/val" for m in base["optimizer"]["metrics"]}
-    checks = [
-        ("metric", s.metric in logged, allowed(logged)),
-        ("mode", s.mode in ("max", "min"), "max, min"),
-        ("num_samples", s.num_samples >= 1, "an integer >= 1"),
-        ("time_budget_s", s.time_budget_s is None or s.time_budget_s > 0, "null or > 0"),
-        ("max_concurrent_trials", s.max_concurrent_trials is None or s.max_concurrent_trials >= 1,
-         "null or an integer >= 1"),
-        ("resources.cpu", s.resources.cpu > 0, "> 0"),
-        ("resources.gpu", 0 <= s.resources.gpu <= 1, "0 to 1 (a fraction shares one GPU; one GPU per trial at most)"),
-        ("scheduler.name", s.scheduler.name in SCHEDULERS, allowed(SCHEDULERS)),
-        ("scheduler.max_epochs", s.scheduler.max_epochs >= 1, "an integer >= 1"),
-        ("scheduler.grace_period", 1 <= s.scheduler.grace_period <= s.scheduler.max_epochs,
-         f"1 to scheduler.max_epochs ({s.scheduler.max_epochs})"),
-        ("scheduler.reduction_factor", s.scheduler.reduction_factor > 1, "> 1"),
-        ("searcher.name", s.searcher.name in SEARCHERS, allowed(SEARCHERS)),
-        ("searcher.n_startup_trials", s.searcher.n_startup_trials >= 0, "an integer >= 0"),
-        ("checkpoints_to_keep", s.checkpoints_to_keep >= 1, "an integer >= 1"),
-        ("max_failures", s.max_failures >= -1, "an integer >= 0, or -1 (retry forever)"),
-        ("experiment", bool(re.fullmatch(r"[\w.-]+", s.experiment)), "letters, digits, _ . -"),
-        ("optuna_storage", s.optuna_storage is None or "://" in s.optuna_storage,
-         "null or a database URL such as sqlite:///optuna.db"),
-    ]
-    for key, ok, what in checks:
-        if not ok:
-            value = get_dotted(dataclasses.asdict(s), key)
-            raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
-    return s
-
-
 # --------------------------------------------------------------------------- the space
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSpace:
     """A parsed search-space file: base config, parameters, search settings."""
 
@@ -385,6 +244,18 @@ class SearchSpace:
     @property
     def sampled(self) -> list[Param]:
         return [p for p in self.params if p.sampled]
+
+    def with_base(self, values: dict) -> SearchSpace:
+        """A copy whose base config has ``values`` ({dotted key: value}) set; this space is not changed."""
+        base = copy.deepcopy(self.base)
+        for key, v in values.items():
+            set_dotted(base, key, copy.deepcopy(v))
+        return dataclasses.replace(self, base=base)
+
+    def renamed(self, experiment: str) -> SearchSpace:
+        """A copy for experiment ``experiment``: search.experiment and the trials' run.experiment."""
+        return dataclasses.replace(self.with_base({"run.experiment": experiment}),
+                                   search=dataclasses.replace(self.search, experiment=experiment))
 
     def suggest(self, trial) -> dict:
         """Optuna define-by-run: sample the active parameters; returns {dotted key: value}."""
@@ -451,50 +322,6 @@ def _conds(p: Param) -> str:
     return " and ".join(f"{k} in {list(v)}" for k, v in p.when.items())
 
 
-def _check_values(where: str, base: dict, key: str, param: Param, parent: Optional[str]) -> None:
-    """Every choice and both bounds must make a valid config (types, allowed values)."""
-    for pv, dist in param.dists.items():
-        for v in dist.examples():
-            d = copy.deepcopy(base)
-            if parent is not None:
-                set_dotted(d, parent, pv)
-            set_dotted(d, key, copy.deepcopy(v))
-            try:
-                config_from_dict(d)
-            except UserError as err:
-                msg = str(err).removeprefix("config: ")
-                raise UserError(f"{where}: value {v!r} does not fit the config: {msg}") from None
-
-
-def _check_models(path: str, base: dict, params: dict) -> None:
-    """model.model_name values must exist in their provider (timm, torchvision, builtin)."""
-    from ..models import check_model_name, list_models
-
-    name_p, prov_p = params.get("model.model_name"), params.get("model.provider_name")
-    if name_p is None and prov_p is None:
-        try:
-            check_model_name(base["model"]["provider_name"], base["model"]["model_name"])
-        except UserError as err:
-            raise UserError(f"{path}: base config: {str(err).removeprefix('config: ')}") from None
-        return
-
-    providers = [o for d in prov_p.dists.values() for o in d.examples()] if prov_p else [base["model"]["provider_name"]]
-    for provider in providers:
-        if name_p is None:
-            names = [base["model"]["model_name"]]
-        elif name_p.depends_on == "model.provider_name":
-            names = name_p.dists[provider].examples()
-        else:
-            names = [o for d in name_p.dists.values() for o in d.examples()]
-        for name in names:
-            try:
-                check_model_name(provider, str(name))  # what create_model accepts (timm tags included)
-            except UserError:
-                close = difflib.get_close_matches(str(name), list_models(provider), n=3)
-                raise UserError(f"{path}: params.model.model_name: {name!r} is not a {provider} model"
-                                f"{'; close: ' + ', '.join(close) if close else ''}") from None
-
-
 def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
     """Read and validate a search-space file; ``overrides`` apply to the base config
     (``key=value``, Hydra syntax) or to the search section (``search.key=value``)."""
@@ -532,7 +359,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 parsed = yaml.load(value, Loader=_Loader)
             except yaml.YAMLError as err:
                 raise UserError(f"override {ov}: not a valid YAML value: {' '.join(str(err).split())}") from None
-            _set_search(where, search_raw, key.removeprefix("search."), parsed)
+            set_search_key(where, search_raw, key.removeprefix("search."), parsed)
             continue
         bare = key.lstrip("+~")
         if bare in params_raw:
@@ -546,7 +373,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         check_metrics(config_from_dict(base))  # the base alone must be valid, its metrics too
     except UserError as err:
         raise UserError(f"{where}: base config: {str(err).removeprefix('config: ')}") from None
-    search = _settings(where, search_raw, base)
+    search = parse_settings(where, search_raw, base)
 
     params: dict[str, Param] = {}
     for key, spec in params_raw.items():
@@ -558,7 +385,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 raise UserError(f"{where}: params.{key}.when.{k}: a condition on a parameter must come after "
                                 f"it; move {key} below {k}")
         p = parse_param(f"{where}: params.{key}", key, spec, params)
-        _check_values(f"{where}: params.{key}", base, key, p, p.depends_on)
+        check_values(f"{where}: params.{key}", base, key, p, p.depends_on)
         params[key] = p
     for p in params.values():
         parent = params.get(p.depends_on)
@@ -569,9 +396,9 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise UserError(f"{where}: search.searcher.points_to_evaluate must be a list of mappings")
     if not any(p.sampled for p in params.values()):
         raise UserError(f"{where}: params has no sampled parameter (only fixed values)")
-    _check_models(where, base, params)
+    check_models(where, base, params)
 
-    _apply_search(base, search)
+    apply_to_base(base, search)
     fixed = [p for p in params.values() if not p.sampled and not p.when and not p.depends_on]
     for p in fixed:
         set_dotted(base, p.key, p.dists[None].args[0])
@@ -584,52 +411,3 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
     return space
-
-
-def _set_search(where: str, data: dict, key: str, value) -> None:
-    node = data
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"{where}: override search.{key}: {part} is not a section")
-    node[last] = value
-
-
-def _apply_search(base: dict, s: SearchSettings) -> None:
-    """What every trial shares: the epoch budget, the metric, one device."""
-    t = base["trainer"]
-    t["max_epochs"] = s.scheduler.max_epochs
-    t["val_check_interval"], t["check_val_every_n_epoch"] = 1.0, 1
-    t["accelerator"], t["devices"] = ("gpu" if s.resources.gpu > 0 else "cpu"), 1
-    base["task"]["monitor"], base["task"]["monitor_mode"] = s.metric, s.mode
-    base["run"]["experiment"], base["run"]["output_dir"] = s.experiment, s.storage_path
-
-
-# --------------------------------------------------------------------------- Optuna
-
-
-def make_sampler(s: SearchSettings):
-    """The Optuna sampler named by ``search.searcher`` (seeded)."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if s.searcher.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.searcher.seed)
-    with warnings.catch_warnings():  # multivariate/group are "experimental" in some Optuna versions
-        warnings.simplefilter("ignore")
-        return optuna.samplers.TPESampler(seed=s.searcher.seed, n_startup_trials=s.searcher.n_startup_trials,
-                                          multivariate=True, group=True, constant_liar=True)
-
-
-def sample(space: SearchSpace, given: Optional[dict] = None, seed: int = 0) -> dict:
-    """One configuration without Ray: ``given`` values (checked) plus random draws for the rest."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    if given:
-        study.enqueue_trial(space.to_optuna(given, "--params"))
-    return space.suggest(study.ask())

@@ -17,7 +17,7 @@ from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 from ..config import Config
 from ..data import ImageArrays
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
-from .resilience import STOP_REASON
+from .results import STOP_REASON
 from .space import SearchSpace
 from ..trial import WorkerMemory, quiet, release_memory, run_trial
 

@@ -1,0 +1,51 @@
+"""``--debug``: one trial in this process without Ray (breakpoints work), with loggers and a best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from .sampler import sample
+from .space import SearchSpace
+
+
+def _stamp(parent: Path, prefix: str = "") -> str:
+    stamp = prefix + time.strftime("%Y-%m-%d_%H-%M-%S")
+    name, n = stamp, 1
+    while (parent / name).exists():
+        n += 1
+        name = f"{stamp}_{n}"
+    return name
+
+
+def debug(space: SearchSpace, params: str | None) -> dict:
+    """One trial in-process: given (--params) and sampled values, loggers and a best checkpoint."""
+    import torch
+
+    from ..data import load_data
+    from ..trial import run_trial, val_metrics
+
+    try:
+        given = json.loads(params) if params else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--params is not valid JSON: {err}") from None
+    if not isinstance(given, dict):
+        raise UserError('--params must be a JSON object like {"optimizer.lr": 0.01}')
+    space.check_gpus(torch.cuda.device_count())
+    values = sample(space, given, seed=space.search.searcher.seed)
+    print(f"debug trial: {json.dumps(values, default=str)}", flush=True)
+    cfg = space.trial_config(values)
+    arrays = load_data(cfg.data, cfg.task.task)
+    exp_dir = Path(space.search.storage_path) / space.search.experiment
+    out_dir = exp_dir / _stamp(exp_dir, "debug_")
+    out_dir.mkdir(parents=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trainer = run_trial(cfg, arrays, out_dir, checkpointing=True, loggers=True)
+    metrics = val_metrics(trainer)
+    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    print(f"outputs: {out_dir}")
+    return {"values": values, "val": metrics, "output_dir": str(out_dir)}

@@ -1,0 +1,118 @@
+"""Config-key reflection for search spaces: which dotted keys exist, which the search owns, and
+whether every sampled value makes a valid config (types, allowed values, model names).
+
+No Ray here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from typing import TYPE_CHECKING, Optional
+
+from ..config import Config, config_from_dict, set_dotted
+from ..errors import UserError, allowed
+
+if TYPE_CHECKING:
+    from .space import Param
+
+
+# Set by the search itself, never sampled: key -> what to use instead.
+RESERVED = {
+    "trainer.max_epochs": "search.scheduler.max_epochs",
+    "trainer.val_check_interval": "nothing (trials validate once per epoch)",
+    "trainer.check_val_every_n_epoch": "nothing (trials validate once per epoch)",
+    "trainer.devices": "search.resources.gpu",
+    "trainer.accelerator": "search.resources.gpu",
+    "task.monitor": "search.metric",
+    "task.monitor_mode": "search.mode",
+}
+# The dataset is read once in the driver and shared by all trials: these cannot vary per trial (nor the
+# options the registered sources need, e.g. data.cifar100_labels: data.sources.source_keys()).
+LOADED_ONCE = ("data.name", "data.dataset_path", "data.download", "data.image_size", "data.label_groups",
+               "data.num_classes", "task.task")
+
+
+def _hint_fields(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap(hint):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def check_key(where: str, key: str) -> None:
+    """``key`` must name a config value (any sub-key of a free dict such as model_kwargs is fine)."""
+    cls, parts = Config, key.split(".")
+    for i, part in enumerate(parts):
+        hints = _hint_fields(cls)
+        if part not in hints:
+            section = ".".join(parts[:i]) or "the top level"
+            close = difflib.get_close_matches(part, hints, n=1)
+            hint = f" (did you mean {'.'.join(parts[:i] + close)}?)" if close else ""
+            raise UserError(f"{where}: unknown config key {key}{hint}; allowed under {section}: {allowed(hints)}")
+        hint = _unwrap(hints[part])
+        if hint is dict:
+            return
+        if dataclasses.is_dataclass(hint):
+            cls = hint
+        elif i < len(parts) - 1:
+            raise UserError(f"{where}: {'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def get_dotted(data: dict, key: str):
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_values(where: str, base: dict, key: str, param: Param, parent: Optional[str]) -> None:
+    """Every choice and both bounds must make a valid config (types, allowed values)."""
+    for pv, dist in param.dists.items():
+        for v in dist.examples():
+            d = copy.deepcopy(base)
+            if parent is not None:
+                set_dotted(d, parent, pv)
+            set_dotted(d, key, copy.deepcopy(v))
+            try:
+                config_from_dict(d)
+            except UserError as err:
+                msg = str(err).removeprefix("config: ")
+                raise UserError(f"{where}: value {v!r} does not fit the config: {msg}") from None
+
+
+def check_models(path: str, base: dict, params: dict) -> None:
+    """model.model_name values must exist in their provider (timm, torchvision, builtin)."""
+    from ..models import check_model_name, list_models
+
+    name_p, prov_p = params.get("model.model_name"), params.get("model.provider_name")
+    if name_p is None and prov_p is None:
+        try:
+            check_model_name(base["model"]["provider_name"], base["model"]["model_name"])
+        except UserError as err:
+            raise UserError(f"{path}: base config: {str(err).removeprefix('config: ')}") from None
+        return
+
+    providers = [o for d in prov_p.dists.values() for o in d.examples()] if prov_p else [base["model"]["provider_name"]]
+    for provider in providers:
+        if name_p is None:
+            names = [base["model"]["model_name"]]
+        elif name_p.depends_on == "model.provider_name":
+            names = name_p.dists[provider].examples()
+        else:
+            names = [o for d in name_p.dists.values() for o in d.examples()]
+        for name in names:
+            try:
+                check_model_name(provider, str(name))  # what create_model accepts (timm tags included)
+            except UserError:
+                close = difflib.get_close_matches(str(name), list_models(provider), n=3)
+                raise UserError(f"{path}: params.model.model_name: {name!r} is not a {provider} model"
+                                f"{'; close: ' + ', '.join(close) if close else ''}") from None

@@ -1,0 +1,81 @@
+"""Searchers and schedulers by name: ``search.searcher.name`` and ``search.scheduler.name``.
+
+Each is one registered function that builds the library's own object from the search settings:
+a searcher returns an Optuna sampler (Ray's OptunaSearch drives it), a scheduler a Ray Tune
+``TrialScheduler``. The settings check and its allowed-values message read these registries, so
+adding one is one function::
+
+    @register_scheduler("median")
+    def median(s):
+        from ray.tune.schedulers import MedianStoppingRule
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=s.scheduler.grace_period)
+
+Builders import Ray or Optuna themselves: this module is read without them (settings, ``--debug``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+SEARCHERS: dict[str, Callable] = {}  # name -> build(settings) -> optuna.samplers.BaseSampler
+SCHEDULERS: dict[str, Callable] = {}  # name -> build(settings) -> ray.tune.schedulers.TrialScheduler
+
+
+def _register(registry: dict, kind: str, name: str):
+    def deco(build):
+        if name in registry:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        registry[name] = build
+        return build
+
+    return deco
+
+
+def register_searcher(name: str):
+    """Decorator: register ``build(settings) -> optuna sampler`` as ``search.searcher.name: <name>``."""
+    return _register(SEARCHERS, "searcher", name)
+
+
+def register_scheduler(name: str):
+    """Decorator: register ``build(settings) -> Ray TrialScheduler`` as ``search.scheduler.name: <name>``."""
+    return _register(SCHEDULERS, "scheduler", name)
+
+
+# --------------------------------------------------------------------------- built-in searchers (Optuna)
+
+
+@register_searcher("tpe")
+def tpe(s):
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # multivariate/group are "experimental" in some Optuna versions
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(seed=s.searcher.seed, n_startup_trials=s.searcher.n_startup_trials,
+                                          multivariate=True, group=True, constant_liar=True)
+
+
+@register_searcher("random")
+def random(s):
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=s.searcher.seed)
+
+
+# --------------------------------------------------------------------------- built-in schedulers (Ray Tune)
+
+
+@register_scheduler("asha")
+def asha(s):
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=s.scheduler.max_epochs,
+                         grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor)
+
+
+@register_scheduler("fifo")
+def fifo(s):
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()

@@ -1,0 +1,234 @@
+"""After the trials: each trial's status, results.csv, the printed summary, the plots, and the export of
+the best trial at its best epoch (with its test metrics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from . import storage
+from .space import SearchSpace
+
+log = logging.getLogger("tune_cifar")
+
+STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
+
+PEAK_METRIC = "memory/cuda_peak_mb"  # trial.WorkerMemory.PEAK (not imported: trial loads Lightning)
+PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
+
+
+EXPORTED = ("completed", "stopped early")  # failed, errored and unfinished trials are never exported
+
+
+# --------------------------------------------------------------------------- trial status
+
+
+def trial_statuses(grid) -> dict[str, str]:
+    """Tune's status of every trial by id (TERMINATED, ERROR, RUNNING, PENDING, PAUSED).
+
+    A ``ResultGrid`` has no status per result, so this reads the experiment state Tune saved when
+    ``fit`` returned, through the public ``ExperimentAnalysis`` (its ``trials``), not the grid's private copy.
+    """
+    path = getattr(grid, "experiment_path", None)
+    if path is None:  # not a Tune ResultGrid (unit tests)
+        return {}
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(path, storage_filesystem=grid.filesystem)
+    except ValueError:  # no experiment state saved (nothing ran)
+        return {}
+    return {t.trial_id: t.status for t in analysis.trials}
+
+
+def unfinished(statuses: dict[str, str]) -> set[str]:
+    """Trials an interruption left running, pending or paused (``--resume`` continues them)."""
+    return {t for t, st in statuses.items() if st not in ("TERMINATED", "ERROR")}
+
+
+def interrupted(statuses: dict[str, str], results: int, s, elapsed_s: float) -> bool:
+    """True when Tune stopped before the search was done (Ctrl-C, SIGTERM); ``results``: the grid's length."""
+    if unfinished(statuses):
+        return True
+    if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
+        return False  # the time budget ended it
+    made = len(statuses) or results
+    return made < s.num_samples  # stopped before the searcher made every trial
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def describe_error(error) -> str:
+    """One line for results.csv: the exception's own last line, with the resource named where known."""
+    text = str(error).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    ray_kinds = {type(e).__name__ for e in _chain(error) if type(e).__module__.startswith("ray")}
+    if "OutOfMemoryError" in ray_kinds:
+        return ("out of host memory (RAM): Ray's memory monitor killed the trial; lower "
+                "search.max_concurrent_trials or data.train_batch_size")[:300]
+    if ray_kinds & {"ActorDiedError", "WorkerCrashedError", "ActorUnavailableError", "NodeDiedError"}:
+        return f"the trial's process died (killed, out of memory, or its node was lost): {last}"[:300]
+    return last[:300]
+
+
+def _chain(error):
+    """The error and its causes; Ray sometimes gives a trial's error as text only (no chain)."""
+    seen = []
+    while isinstance(error, BaseException) and error not in seen:
+        seen.append(error)
+        error = getattr(error, "cause", None) or error.__cause__
+    return seen
+
+
+# --------------------------------------------------------------------------- results.csv and the export
+
+
+def trial_id_of(result) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+
+
+def _best_index(values, mode: str):
+    """Index of the best finite value; of tied ones the last (Ray keeps the later of tied checkpoints)."""
+    values = values[values.notna() & ~values.isin([math.inf, -math.inf])]
+    if not len(values):
+        return None
+    best = values.max() if mode == "max" else values.min()
+    return values[values == best].index[-1]
+
+
+def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = None):
+    """One row per trial: status, best metric and its epoch, epochs run, time, hyperparameters.
+    ``statuses``: Tune's status by trial id (``trial_statuses``), to tell unfinished trials."""
+    import pandas as pd
+
+    s, rows = space.search, []
+    left = unfinished(statuses or {})  # ids of trials an interruption left running or pending
+    for result in grid:
+        df = result.metrics_dataframe
+        has = df is not None and len(df) and s.metric in df
+        values = df[s.metric].astype(float) if has else pd.Series(dtype=float)
+        best_i = _best_index(values, s.mode)
+        epochs = int(df["training_iteration"].max()) if has else 0
+        reason = (result.metrics or {}).get(STOP_REASON) or ""  # non-finite loss: ended as failed
+        trial_id = trial_id_of(result)
+        # unfinished first: a trial waiting for a retry (max_failures) when the search was interrupted still
+        # carries its last error, but --resume continues it
+        status = ("unfinished" if trial_id in left else "error" if result.error else "failed" if reason else
+                  "completed" if epochs >= s.scheduler.max_epochs else "stopped early")
+        rows.append({
+            "trial_id": trial_id,
+            "status": status,
+            s.metric: float(values[best_i]) if best_i is not None else math.nan,
+            "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
+            "epochs": epochs,
+            "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
+            **({PEAK_GPU: round(float(df[PEAK_METRIC].max()), 1)} if has and PEAK_METRIC in df else {}),
+            **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
+               for k, v in space.values(result.config or {}).items()},
+            "error": describe_error(result.error) if result.error else reason,
+        })
+    peak = [PEAK_GPU] if any(PEAK_GPU in r for r in rows) else []  # trials on a GPU
+    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *peak,
+               *(p.key for p in space.params), "error"]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        table = table.sort_values(s.metric, ascending=s.mode == "min", na_position="last", kind="stable")
+    return table
+
+
+def export_choice(space: SearchSpace, grid, table):
+    """(result, checkpoint, its reported metrics) to export: the first row of results.csv among
+    completed and early-stopped trials, at its best epoch; None if none of them has a checkpoint."""
+    s = space.search
+    results = {trial_id_of(r): r for r in grid}
+    for row in table[table["status"].isin(EXPORTED) & table[s.metric].notna()].to_dict("records"):
+        result = results[row["trial_id"]]
+        kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("training_iteration") == row["best_epoch"]]
+        if kept:
+            return result, *kept[-1]
+        try:  # that epoch's checkpoint is gone (e.g. checkpoints_to_keep): the trial's best one kept
+            checkpoint = result.get_best_checkpoint(s.metric, s.mode)
+        except RuntimeError:  # none with the metric
+            continue
+        return result, checkpoint, next(m for c, m in result.best_checkpoints if c.path == checkpoint.path)
+    return None
+
+
+def summary_text(space: SearchSpace, table, top: int = 5) -> str:
+    s = space.search
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    head = (f"{len(table)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}), "
+            f"{int(table['epochs'].sum()) if len(table) else 0} trial-epochs; top {min(top, len(table))} "
+            f"by {s.metric} ({s.mode}):")
+    cols = [c for c in table.columns if c != "error"]
+    return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None = None,
+           interrupted: bool = False) -> dict:
+    """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
+    from ..export import write_export
+    from .trainable import checkpoint_file
+    from ..trial import evaluate, quiet
+
+    quiet()
+    space, paths = plan.space, plan.paths
+    s = space.search
+    run_dir = paths.local
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table = results_table(space, grid, statuses)
+    table.to_csv(run_dir / "results.csv", index=False)
+    print(summary_text(space, table), flush=True)
+    print(f"results: {run_dir / 'results.csv'}")
+    out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
+           "trial_epochs": int(table["epochs"].sum()) if len(table) else 0,
+           "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
+    if interrupted:
+        storage.upload_reports(paths)
+        print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with: "
+              f"{storage.resume_command(paths)}", file=sys.stderr, flush=True)
+        return {**out, "interrupted": True}
+    chosen = export_choice(space, grid, table)
+    if chosen is None:
+        first = next((r.error for r in grid if r.error), None)
+        reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
+        raise UserError(f"no completed or early-stopped trial reported {s.metric} with a checkpoint, nothing "
+                        f"exported (see {run_dir}){reason}")
+
+    best, checkpoint, reported = chosen
+    values = space.values(best.config)
+    cfg = space.trial_config(values)
+    metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
+               **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
+    with checkpoint.as_directory() as directory:
+        metrics.update(evaluate(cfg, checkpoint_file(directory), arrays))
+        dest = write_export(paths.export_dir, checkpoint_file(directory),
+                            config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
+                            experiment=s.experiment, link_root=paths.link_root)
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
+    print(f"exported: {dest} (latest: {paths.link_root / 'best'})")
+    out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
+    (run_dir / "best.json").write_text(json.dumps(out, indent=2, default=str))
+    storage.upload_reports(paths)
+    return out
+
+
+def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
+    """Learning curves and parallel coordinates (tune_cifar.search.report); a plotting error only warns."""
+    from .report import write_reports as plots
+
+    try:
+        curves = {}
+        for result in grid:
+            curves[str(trial_id_of(result))] = result.metrics_dataframe
+        return [str(p) for p in plots(run_dir, table, curves, space)]
+    except Exception as err:  # the results matter more than the pictures
+        log.warning("could not write the plots: %s", err)
+        return []

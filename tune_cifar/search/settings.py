@@ -1,0 +1,122 @@
+"""The ``search`` section of a space file: run settings, validated against the searcher and scheduler registries.
+
+No Ray here: the driver, the Ray workers and ``--debug`` all read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config import build_section
+from ..errors import UserError, allowed
+from .keys import get_dotted
+from .registry import SCHEDULERS, SEARCHERS
+
+
+@dataclass
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractions share a GPU between trials (each trial still uses devices=1)
+
+    def for_ray(self) -> dict:
+        """What ``tune.with_resources`` reserves per trial (a plain dict, no Ray import): 0.5 GPU packs two
+        trials on a card."""
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+@dataclass
+class Scheduler:
+    name: str = "asha"  # a registered scheduler: asha, fifo (registry.py)
+    max_epochs: int = 10  # every trial's trainer.max_epochs; ASHA's max_t
+    grace_period: int = 1  # ASHA: epochs before a trial can be stopped
+    reduction_factor: float = 3.0  # ASHA: keep 1/reduction_factor of trials at each rung
+
+
+@dataclass
+class Searcher:
+    name: str = "tpe"  # a registered searcher: tpe, random (Optuna samplers, registry.py)
+    seed: int = 0
+    n_startup_trials: int = 5  # TPE: random trials before the model kicks in
+    points_to_evaluate: list = field(default_factory=list)  # [{dotted.key: value, ...}, ...] run first
+
+
+@dataclass
+class SearchSettings:
+    metric: Optional[str] = None  # default: the base config's task.monitor (accuracy/val)
+    mode: Optional[str] = None  # max or min; default: task.monitor_mode
+    num_samples: int = 10
+    time_budget_s: Optional[float] = None
+    max_concurrent_trials: Optional[int] = None  # default: as many as the resources allow
+    resources: Resources = field(default_factory=Resources)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    searcher: Searcher = field(default_factory=Searcher)
+    experiment: Optional[str] = None  # default: run.experiment
+    storage_path: Optional[str] = None  # default: run.output_dir
+    checkpoints_to_keep: int = 2  # per trial, best by the metric
+    max_failures: int = 0  # retries of a failed trial (resumes from its last checkpoint)
+    local_path: Optional[str] = None  # with a URI storage_path: the driver's reports and export (default: outputs)
+    optuna_storage: Optional[str] = None  # persistent Optuna study, e.g. sqlite:///optuna.db (default: in memory)
+    optuna_study: Optional[str] = None  # its study name (default: the experiment name)
+
+
+def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
+    try:
+        s = build_section(SearchSettings, data, "search")
+    except UserError as err:
+        raise UserError(f"{where}: {str(err).removeprefix('config: ')}") from None
+    s.metric = s.metric or base["task"]["monitor"]
+    s.mode = s.mode or base["task"]["monitor_mode"]
+    s.experiment = s.experiment or base["run"]["experiment"]
+    s.storage_path = s.storage_path or base["run"]["output_dir"]
+    logged = {"loss/val"} | {f"{m}/val" for m in base["optimizer"]["metrics"]}
+    checks = [
+        ("metric", s.metric in logged, allowed(logged)),
+        ("mode", s.mode in ("max", "min"), "max, min"),
+        ("num_samples", s.num_samples >= 1, "an integer >= 1"),
+        ("time_budget_s", s.time_budget_s is None or s.time_budget_s > 0, "null or > 0"),
+        ("max_concurrent_trials", s.max_concurrent_trials is None or s.max_concurrent_trials >= 1,
+         "null or an integer >= 1"),
+        ("resources.cpu", s.resources.cpu > 0, "> 0"),
+        ("resources.gpu", 0 <= s.resources.gpu <= 1, "0 to 1 (a fraction shares one GPU; one GPU per trial at most)"),
+        ("scheduler.name", s.scheduler.name in SCHEDULERS, allowed(SCHEDULERS)),
+        ("scheduler.max_epochs", s.scheduler.max_epochs >= 1, "an integer >= 1"),
+        ("scheduler.grace_period", 1 <= s.scheduler.grace_period <= s.scheduler.max_epochs,
+         f"1 to scheduler.max_epochs ({s.scheduler.max_epochs})"),
+        ("scheduler.reduction_factor", s.scheduler.reduction_factor > 1, "> 1"),
+        ("searcher.name", s.searcher.name in SEARCHERS, allowed(SEARCHERS)),
+        ("searcher.n_startup_trials", s.searcher.n_startup_trials >= 0, "an integer >= 0"),
+        ("checkpoints_to_keep", s.checkpoints_to_keep >= 1, "an integer >= 1"),
+        ("max_failures", s.max_failures >= -1, "an integer >= 0, or -1 (retry forever)"),
+        ("experiment", bool(re.fullmatch(r"[\w.-]+", s.experiment)), "letters, digits, _ . -"),
+        ("optuna_storage", s.optuna_storage is None or "://" in s.optuna_storage,
+         "null or a database URL such as sqlite:///optuna.db"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            value = get_dotted(dataclasses.asdict(s), key)
+            raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
+    return s
+
+
+def set_search_key(where: str, data: dict, key: str, value) -> None:
+    """A command-line ``search.key=value`` override, set in the raw search section before it is parsed."""
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{where}: override search.{key}: {part} is not a section")
+    node[last] = value
+
+
+def apply_to_base(base: dict, s: SearchSettings) -> None:
+    """What every trial shares: the epoch budget, the metric, one device."""
+    t = base["trainer"]
+    t["max_epochs"] = s.scheduler.max_epochs
+    t["val_check_interval"], t["check_val_every_n_epoch"] = 1.0, 1
+    t["accelerator"], t["devices"] = ("gpu" if s.resources.gpu > 0 else "cpu"), 1
+    base["task"]["monitor"], base["task"]["monitor_mode"] = s.metric, s.mode
+    base["run"]["experiment"], base["run"]["output_dir"] = s.experiment, s.storage_path
