@@ -18,8 +18,6 @@ from .errors import UserError, allowed, check_choice
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 TASKS = ("classification_binary", "classification_multiclass", "classification_multilabel")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "onecycle", "step")
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
@@ -233,8 +231,10 @@ def validate(cfg: Config) -> Config:
     """Value checks that types alone do not catch."""
     check_choice("task.task", cfg.task.task, TASKS)
     check_choice("data.name", cfg.data.name, DATASETS)
-    check_choice("optimizer.optimizer", cfg.optimizer.optimizer, OPTIMIZERS)
-    check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, SCHEDULERS)
+    from .optim import OPTIMIZERS, SCHEDULES  # the registries (torch: imported when a config is checked)
+
+    check_choice("optimizer.optimizer", cfg.optimizer.optimizer, tuple(OPTIMIZERS))
+    check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, tuple(SCHEDULES))
     check_choice("trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS)
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
     check_choice("task.monitor_mode", cfg.task.monitor_mode, ("max", "min"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ import torch
 from torch import nn
 
 from .checkpoint import normalization_buffers, normalize, read_checkpoint
-from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
+from .config import OptimizerConfig, TaskConfig, _build
 from .errors import UserError
 from .metrics import TASK_KIND, build_metric, task_loss
 from .models import ModelSpec, build_model
+from .optim import Steps, build_optimizer, build_schedule, lr_factor  # noqa: F401 - lr_factor: old import path
 
 log = logging.getLogger("tune_cifar")
 
@@ -46,21 +46,6 @@ class InputSpec:
         return cls(classes=tuple(d["classes"]), in_chans=int(d["in_chans"]),
                    image_size=tuple(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
                    dataset=d.get("dataset", ""))
-
-
-# --------------------------------------------------------------------------- LR schedule
-
-
-def lr_factor(step: int, total: int, warmup: int, sched: SchedulerConfig, steps_per_epoch: int) -> float:
-    """Multiplier of the base LR at ``step`` (linear warm-up, then cosine / step / constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if sched.name == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if sched.name == "step":
-        return sched.gamma ** (step // max(1, sched.step_size * steps_per_epoch))
-    return 1.0
 
 
 # --------------------------------------------------------------------------- the system
@@ -168,30 +153,10 @@ class ClassificationSystem(pl.LightningModule):
 
     # -- optimisation -------------------------------------------------------
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                  nesterov=cfg.nesterov and cfg.momentum > 0)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr)
-        else:
-            opt = torch.optim.AdamW(groups, lr=cfg.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        if cfg.scheduler.name == "onecycle":
-            # cycle_momentum=False: the configured momentum (SGD) / beta1 (Adam) stays as given;
-            # PyTorch's default would overwrite it with its own 0.85-0.95 cycle
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, cycle_momentum=False)
-        else:
-            warmup = int(cfg.scheduler.warmup_epochs * per_epoch)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda step: lr_factor(step, total, warmup, cfg.scheduler, per_epoch))
+        steps = Steps(total=total, per_epoch=max(1, total // max(1, self.trainer.max_epochs or 1)))
+        opt = build_optimizer(self.parameters(), self.optim_cfg)
+        sched = build_schedule(opt, self.optim_cfg, steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
