@@ -20,7 +20,7 @@ import torch
 
 from tune_cifar.config import load_config
 from tune_cifar.data import ImageDataModule, load_data
-from tune_cifar.train import build_system, build_trainer, resolve_precision
+from tune_cifar.training import build_system, build_trainer, resolve_precision
 
 warnings.filterwarnings("ignore")
 

@@ -71,7 +71,7 @@ def test_bad_values_are_one_line_user_errors(override, needle):
 
 def test_lightning_batch_keys_keep_int_versus_float():
     """Lightning reads an int as a number of batches and a float as a fraction: 1 and 1.0 differ."""
-    from tune_cifar.train import build_trainer
+    from tune_cifar.training import build_trainer
 
     cfg = load_config(["trainer.limit_train_batches=1", "trainer.limit_val_batches=0.5",
                        "trainer.val_check_interval=3", "trainer.accelerator=cpu"])

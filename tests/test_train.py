@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import needs_fashion, tiny_overrides
-from tune_cifar import train
+from tune_cifar import train, training
 from tune_cifar.config import load_config
 from tune_cifar.system import load_system
 
@@ -101,8 +101,8 @@ def test_transfer_learning_keeps_body_and_resets_head(cifar100_root, tiny_cfg, t
     src_state = load_system(src_ckpt).state_dict()
     cfg = tiny_cfg(f"run.checkpoint_path={src_ckpt}", "trainer.max_epochs=1")
     arrays = train.load_data(cfg.data, cfg.task.task)
-    system = train.build_system(cfg, arrays)
-    skipped = train.transfer_weights(system, str(src_ckpt))
+    system = training.build_system(cfg, arrays)
+    skipped = training.transfer_weights(system, str(src_ckpt))
     state = system.state_dict()
     head = [k for k in skipped if k.startswith("model.")]
     assert head and all(state[k].shape != src_state[k].shape for k in head)  # 100 -> 10 classes

@@ -54,7 +54,7 @@ class InputSpec:
 class ClassificationSystem(pl.LightningModule):
     """Classifier over a registry model; takes uint8 batches and normalises them itself."""
 
-    alive: "weakref.WeakSet[ClassificationSystem]" = weakref.WeakSet()  # not yet freed (see trial.live_models)
+    alive: "weakref.WeakSet[ClassificationSystem]" = weakref.WeakSet()  # not yet freed (see training.live_models)
 
     def __init__(self, model_spec: ModelSpec, task: TaskConfig, optimizer: OptimizerConfig,
                  input_spec: InputSpec, channels_last: bool = False, fetch_weights: bool = True):

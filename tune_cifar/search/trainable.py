@@ -19,7 +19,7 @@ from ..data import ImageArrays
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .resilience import STOP_REASON
 from .space import SearchSpace
-from ..trial import WorkerMemory, quiet, release_memory, run_trial
+from ..training import WorkerMemory, fit, quiet, release_memory
 
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 
@@ -68,7 +68,7 @@ def _fit(cfg: Config, arrays: ImageArrays, values: dict) -> None:
     checkpoint = tune.get_checkpoint()
     with resource_errors():
         if checkpoint is None:
-            run_trial(cfg, arrays, None, callbacks)
+            fit(cfg, arrays, None, callbacks)
             return
         with checkpoint.as_directory() as directory:
-            run_trial(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
+            fit(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
