@@ -102,3 +102,30 @@ def test_compose_returns_resolvable_dictconfig():
     plain = to_plain(compose(["data=fashion_mnist"]))
     assert plain["data"]["dataset_path"] == "/usr/share/datasets/fashion-mnist"
     assert plain["run"]["experiment"] == "fashion_mnist_resnet18"
+
+
+def test_one_override_parser_reads_numbers_like_train():
+    """predict's key=value overrides use Hydra's grammar, as train and search do: 1e-4 is a float."""
+    from tune_cifar.config import parse_override
+
+    assert parse_override("optimizer.lr=1e-4") == ("optimizer.lr", pytest.approx(1e-4))
+    assert isinstance(parse_override("optimizer.lr=1e-4")[1], float)
+    assert parse_override("data.test_subset=null") == ("data.test_subset", None)
+    assert parse_override("data.val_fraction=0.2") == ("data.val_fraction", 0.2)
+    assert parse_override("data.label_groups={a: [x, y]}") == ("data.label_groups", {"a": ["x", "y"]})
+    for bad in ("data.test_subset", "+data.x=1", "~data.x", "data.x=1,2"):
+        with pytest.raises(UserError, match="must look like key=value"):
+            parse_override(bad)
+    assert load_config(["optimizer.lr=1e-4"]).optimizer.lr == parse_override("optimizer.lr=1e-4")[1]
+
+
+def test_parsed_metrics_belong_to_the_task():
+    """Users write optimizer.metrics; once parsed the task holds them (and config.yaml is unchanged)."""
+    cfg = load_config(["optimizer.metrics={accuracy: {}, f1: {average: macro}}"])
+    assert cfg.task.metrics == {"accuracy": {}, "f1": {"average": "macro"}}
+    data = cfg.to_dict()
+    assert "metrics" not in data["task"] and data["optimizer"]["metrics"] == cfg.task.metrics
+    assert config_from_dict(data).task.metrics == cfg.task.metrics
+    data["task"]["metrics"] = {"f1": {}}
+    with pytest.raises(UserError, match="task.metrics; the metrics are set as optimizer.metrics"):
+        config_from_dict(data)

@@ -258,3 +258,20 @@ def test_a_registered_optimizer_and_schedule_train_a_step(tiny_cfg, monkeypatch)
     result = train.run(cfg)
     assert built == [("toy", 0.125), ("halving", 1)]  # fast_dev_run: one step
     assert math.isfinite(result["test"]["loss/test"])
+
+
+def test_weights_files_keep_the_classifier_keys():
+    """The system holds a Classifier, yet its state_dict (what checkpoints and exports store) has the
+    keys files always had (model.*, mean, std), and such a dict loads back into a system and a Classifier."""
+    from tune_cifar.classifier import Classifier
+
+    torch.manual_seed(0)
+    a, b = _system(), _system()
+    state = a.state_dict()
+    assert "mean" in state and "std" in state and all(k.startswith("model.") or k in ("mean", "std") for k in state)
+    b.load_state_dict(state)
+    clf = Classifier(a.model_spec, a.task, a.input_spec, fetch_weights=False)
+    clf.load_state_dict(state)
+    x, _ = _learnable(n=4)
+    with torch.no_grad():
+        assert torch.equal(b.eval()(x), a.eval()(x)) and torch.equal(clf.eval()(x), a(x))

@@ -21,10 +21,11 @@ import yaml
 
 from .checkpoint import read_checkpoint
 from .config import Config, load_config
-from .data import ImageArrays, ImageDataModule, load_data
+from .classifier import Classifier
+from .data import ImageArrays, load_data
 from .errors import UserError, cli_entry
-from .system import load_system
-from .training import build_system, build_trainer, fit, preflight, transfer_weights, val_metrics
+from .evaluation import evaluate
+from .training import build_system, fit, preflight, transfer_weights, val_metrics
 
 log = logging.getLogger("tune_cifar")
 
@@ -56,15 +57,13 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
     preflight(cfg)  # before any download or folder
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)
-    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
     ckpt_path = None
     if cfg.run.predict:
         if not cfg.run.checkpoint_path:
             raise UserError("config: run.predict=true needs run.checkpoint_path=<file.ckpt>")
-        system = load_system(cfg.run.checkpoint_path)
-        spec = system.input_spec
-        arrays.check_fits(list(spec.classes), system.kind == "multilabel", spec.in_chans, spec.image_size,
-                          where=f"{cfg.data.name} at {cfg.data.dataset_path or 'its default folder'}",
+        classifier = Classifier.from_checkpoint(cfg.run.checkpoint_path)
+        # the one evaluation of predict and the search (same numbers as predict --checkpoint)
+        scored = evaluate(classifier, cfg, arrays,
                           hint=f" (model: {cfg.run.checkpoint_path}; choose its data with data=...)")
     else:
         system = build_system(cfg, arrays)
@@ -81,8 +80,7 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     result: dict = {"output_dir": str(out_dir)}
     if cfg.run.predict:
-        trainer = build_trainer(cfg, out_dir, checkpointing=False)
-        result["test"] = _scalars(trainer.test(system, datamodule=datamodule, verbose=False)[0])
+        result["test"] = scored.metrics
     else:
         trainer = fit(cfg, arrays, out_dir, ckpt_path=ckpt_path, checkpointing=True, loggers=True, system=system,
                       summary=True)

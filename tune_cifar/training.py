@@ -5,7 +5,6 @@ plus the helpers a process running many trials needs (quiet logs, memory release
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from pathlib import Path
@@ -18,9 +17,9 @@ from .checkpoint import read_checkpoint
 from .config import Config, TrainerConfig
 from .data import ImageArrays, ImageDataModule
 from .errors import UserError
-from .metrics import check_metrics
+from .metrics import check_metrics, logged_keys
 from .models import ModelSpec, check_model_name
-from .system import ClassificationSystem, InputSpec, load_system
+from .system import ClassificationSystem, InputSpec
 
 
 # --------------------------------------------------------------------------- builders
@@ -53,7 +52,7 @@ def input_spec(arrays: ImageArrays, dataset: str) -> InputSpec:
 
 
 def check_monitor(cfg: Config) -> None:
-    allowed_keys = {"loss/val"} | {f"{m}/val" for m in cfg.optimizer.metrics}
+    allowed_keys = set(logged_keys(cfg.task, "val"))
     if cfg.task.monitor not in allowed_keys:
         raise UserError(f"config: task.monitor={cfg.task.monitor!r} is not logged; allowed: "
                         f"{', '.join(sorted(allowed_keys))}")
@@ -217,15 +216,3 @@ class WorkerMemory(pl.Callback):
 
 def val_metrics(trainer: pl.Trainer) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("/val")}
-
-
-def evaluate(cfg: Config, checkpoint: str | Path, arrays: ImageArrays) -> dict:
-    """Test metrics of a checkpoint, computed the Ray-free way (what ``predict`` reproduces)."""
-    t = cfg.trainer
-    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # e.g. a CPU-only driver
-        t = dataclasses.replace(t, accelerator="cpu", precision="32-true" if "16" in t.precision else t.precision)
-    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(t, enable_progress_bar=False, fast_dev_run=False))
-    system = load_system(checkpoint)
-    trainer = build_trainer(cfg, None, checkpointing=False, loggers=False, enable_model_summary=False)
-    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
-    return {k: float(v) for k, v in trainer.test(system, datamodule=datamodule, verbose=False)[0].items()}

@@ -198,7 +198,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
 # --------------------------------------------------------------------------- after the search
 
 
-PEAK_METRIC = "memory/cuda_peak_mb"  # trial.WorkerMemory.PEAK (not imported: trial loads Lightning)
+PEAK_METRIC = "memory/cuda_peak_mb"  # training.WorkerMemory.PEAK (not imported: training loads Lightning)
 PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
 
 
@@ -287,9 +287,10 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
 
 def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interrupted: bool = False) -> dict:
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
-    from ..export import write_export
+    from ..classifier import Classifier
+    from ..evaluation import evaluate
     from .trainable import checkpoint_file
-    from ..training import evaluate, quiet
+    from ..training import quiet
 
     quiet()
     s = space.search
@@ -320,10 +321,10 @@ def finish(space: SearchSpace, grid, paths: resilience.RunPaths, arrays, interru
     metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
                **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
     with checkpoint.as_directory() as directory:
-        metrics.update(evaluate(cfg, checkpoint_file(directory), arrays))
-        dest = write_export(paths.export_dir, checkpoint_file(directory),
-                            config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
-                            experiment=s.experiment, link_root=paths.link_root)
+        classifier = Classifier.from_checkpoint(checkpoint_file(directory))
+    metrics.update(evaluate(classifier, cfg, arrays).metrics)
+    dest = classifier.to_export(paths.export_dir, config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
+                                experiment=s.experiment, link_root=paths.link_root)
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")

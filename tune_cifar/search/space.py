@@ -18,7 +18,7 @@ from typing import Optional
 
 import yaml
 
-from ..config import Config, _build, compose, config_from_dict, set_dotted, to_plain
+from ..config import Config, build_section, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
 
@@ -329,7 +329,7 @@ class SearchSettings:
 
 def _settings(where: str, data: dict, base: dict) -> SearchSettings:
     try:
-        s = _build(SearchSettings, data, "search")
+        s = build_section(SearchSettings, data, "search")
     except UserError as err:
         raise UserError(f"{where}: {str(err).removeprefix('config: ')}") from None
     s.metric = s.metric or base["task"]["monitor"]

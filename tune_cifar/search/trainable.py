@@ -16,6 +16,7 @@ from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from ..config import Config
 from ..data import ImageArrays
+from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .resilience import STOP_REASON
 from .space import SearchSpace
@@ -26,7 +27,7 @@ CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 
 def reported_metrics(cfg: Config) -> list[str]:
     """What each report holds: the validation loss and metrics (Lightning's names, e.g. accuracy/val)."""
-    return ["loss/val", *(f"{m}/val" for m in cfg.optimizer.metrics)]
+    return logged_keys(cfg.task, "val")
 
 
 def checkpoint_file(directory: str | Path) -> Path:
