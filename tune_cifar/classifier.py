@@ -126,6 +126,8 @@ class Classifier(nn.Module):
             if len(inp.mean) != inp.in_chans or len(inp.std) != inp.in_chans or not inp.classes:
                 raise ValueError("input_spec mean/std/classes do not fit in_chans")
             task = build_section(TaskConfig, dict(hp["task"]), "task")
+            if task.task not in TASK_KIND:
+                raise ValueError(f"task.task={task.task!r} is not one of {', '.join(TASK_KIND)}")
             if not task.metrics:  # written before the metrics were the task's
                 task.metrics = dict((hp.get("optimizer") or {}).get("metrics") or {"accuracy": {}})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
