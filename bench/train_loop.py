@@ -1,9 +1,11 @@
 """Lightning ClassificationSystem vs a plain PyTorch loop: same model, data, batch size, augmentation.
 
-    python bench/train_loop.py [--images 4096] [--epochs 3] [--model small_cnn] [--batch-size 128]
+    python bench/train_loop.py [--images 4096] [--epochs 3] [--rounds 5] [--model small_cnn] [--batch-size 128]
 
-Real Fashion-MNIST images (Debian's dataset-fashion-mnist). Epoch 1 of each is a warm-up;
-images/s is the median over the remaining epochs; the two run alternately, then the ratio.
+Real Fashion-MNIST images (Debian's dataset-fashion-mnist). Epoch 1 of each run is a warm-up;
+the two run alternately (which goes first alternates too) for ``--rounds`` rounds; each round gives
+a ratio of the two median rates; printed: images/s (median over all epochs) and the ratio's median,
+min and max over the rounds (the spread says how much a shared machine moved it).
 ``bench/gpu_epoch.py`` reuses these two loops on a GPU.
 """
 
@@ -20,7 +22,7 @@ import torch
 
 from tune_cifar.config import load_config
 from tune_cifar.data import ImageDataModule, load_data
-from tune_cifar.train import build_system, build_trainer, resolve_precision
+from tune_cifar.training import build_system, build_trainer, resolve_precision
 
 warnings.filterwarnings("ignore")
 
@@ -88,18 +90,24 @@ def plain_epochs(cfg, arrays, epochs: int, device: torch.device) -> list[float]:
 def compare(cfg, arrays, n_images: int, epochs: int, rounds: int, device: torch.device) -> dict:
     """Alternate the two loops; median images/s of each (first epoch of every run dropped)."""
     rates: dict[str, list[float]] = {"lightning": [], "plain": []}
+    ratios: list[float] = []
     peak: dict[str, int] = {}
-    for _ in range(rounds):
-        for name in ("lightning", "plain"):
+    for i in range(rounds):
+        this: dict[str, float] = {}
+        for name in ("lightning", "plain") if i % 2 == 0 else ("plain", "lightning"):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times = lightning_epochs(cfg, arrays, epochs) if name == "lightning" else \
                 plain_epochs(cfg, arrays, epochs, device)
             rates[name] += [n_images / t for t in times[1:]]
+            this[name] = statistics.median(n_images / t for t in times[1:])
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
+        ratios.append(this["lightning"] / this["plain"])
     out = {k: statistics.median(v) for k, v in rates.items()}
-    out["ratio"] = out["lightning"] / out["plain"]
+    out["ratio"] = statistics.median(ratios)
+    out["ratios"] = ratios
+    out["ratio_spread"] = (min(ratios), max(ratios))
     out["peak_mib"] = {k: v / 2**20 for k, v in peak.items()}
     return out
 
@@ -108,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4096)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--model", default="small_cnn")
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args()
@@ -123,7 +131,9 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} images/epoch={n} batch={args.batch_size} model={args.model}")
     print("| loop | images/s (median) |\n|---|---|")
     print(f"| Lightning ClassificationSystem | {r['lightning']:.0f} |\n| plain PyTorch loop | {r['plain']:.0f} |")
-    print(f"ratio Lightning/plain: {r['ratio']:.3f}")
+    lo, hi = r["ratio_spread"]
+    print(f"ratio Lightning/plain: median {r['ratio']:.3f} over {len(r['ratios'])} rounds "
+          f"(min {lo:.3f}, max {hi:.3f}; rounds: {', '.join(f'{x:.3f}' for x in r['ratios'])})")
 
 
 if __name__ == "__main__":

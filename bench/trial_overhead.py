@@ -60,18 +60,19 @@ class ValidationTimer(pl.Callback):
 def run_train(space, out: Path) -> list[float]:
     """tune_cifar.train.run on the trial's config, with a timer added to its own trainer."""
     import tune_cifar.train as train
+    import tune_cifar.training as training
     from tune_cifar.config import config_from_dict
 
-    timer, build = ValidationTimer(), train.build_trainer
+    timer, build = ValidationTimer(), training.build_trainer
     d = space.trial_dict({"optimizer.lr": 0.05})
     d["trainer"]["enable_progress_bar"] = False
     cfg = config_from_dict(d)
-    train.build_trainer = lambda *a, callbacks=(), **k: build(*a, callbacks=[*callbacks, timer], **k)
+    training.build_trainer = lambda *a, callbacks=(), **k: build(*a, callbacks=[*callbacks, timer], **k)
     try:
         out.mkdir(parents=True, exist_ok=True)
         train.run(cfg, out_dir=out)
     finally:
-        train.build_trainer = build
+        training.build_trainer = build
     return timer.epoch_times
 
 
@@ -201,7 +202,7 @@ def release_cost(space, arrays, trials: int) -> dict:
     worker runs it at every trial's end, in this process (torch, Lightning and Ray imported)."""
     import gc
 
-    from tune_cifar.trial import live_models, release_memory, run_trial
+    from tune_cifar.training import live_models, release_memory, fit as run_trial
 
     cfg = space.trial_config({"optimizer.lr": 0.05})
     cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches, cfg.trainer.max_epochs = 5, 2, 1
@@ -232,7 +233,7 @@ def main(argv=None) -> dict:
 
     from tune_cifar.data import load_data
     from tune_cifar.search.space import load_space
-    from tune_cifar.trial import quiet
+    from tune_cifar.training import quiet
 
     quiet()
     tmp = Path(tempfile.mkdtemp(prefix="bench_overhead_"))

@@ -67,7 +67,7 @@ def run_stopped_trial(cfg, arrays, callbacks: list) -> bool:
 
     import pytorch_lightning as pl
 
-    from tune_cifar.trial import run_trial
+    from tune_cifar.training import fit as run_trial
 
     class StopAtReport(pl.Callback):
         def on_validation_end(self, trainer, pl_module):

@@ -71,7 +71,7 @@ def test_bad_values_are_one_line_user_errors(override, needle):
 
 def test_lightning_batch_keys_keep_int_versus_float():
     """Lightning reads an int as a number of batches and a float as a fraction: 1 and 1.0 differ."""
-    from tune_cifar.train import build_trainer
+    from tune_cifar.training import build_trainer
 
     cfg = load_config(["trainer.limit_train_batches=1", "trainer.limit_val_batches=0.5",
                        "trainer.val_check_interval=3", "trainer.accelerator=cpu"])
@@ -164,3 +164,30 @@ def test_search_space_by_path_or_bundled_name(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"^nope: no such search-space file here and no bundled space of that "
                                         r"name; bundled: cpu_small, optimizers, resnet$"):
         find_space("nope")
+
+
+def test_one_override_parser_reads_numbers_like_train():
+    """predict's key=value overrides use Hydra's grammar, as train and search do: 1e-4 is a float."""
+    from tune_cifar.config import parse_override
+
+    assert parse_override("optimizer.lr=1e-4") == ("optimizer.lr", pytest.approx(1e-4))
+    assert isinstance(parse_override("optimizer.lr=1e-4")[1], float)
+    assert parse_override("data.test_subset=null") == ("data.test_subset", None)
+    assert parse_override("data.val_fraction=0.2") == ("data.val_fraction", 0.2)
+    assert parse_override("data.label_groups={a: [x, y]}") == ("data.label_groups", {"a": ["x", "y"]})
+    for bad in ("data.test_subset", "+data.x=1", "~data.x", "data.x=1,2"):
+        with pytest.raises(UserError, match="must look like key=value"):
+            parse_override(bad)
+    assert load_config(["optimizer.lr=1e-4"]).optimizer.lr == parse_override("optimizer.lr=1e-4")[1]
+
+
+def test_parsed_metrics_belong_to_the_task():
+    """Users write optimizer.metrics; once parsed the task holds them (and config.yaml is unchanged)."""
+    cfg = load_config(["optimizer.metrics={accuracy: {}, f1: {average: macro}}"])
+    assert cfg.task.metrics == {"accuracy": {}, "f1": {"average": "macro"}}
+    data = cfg.to_dict()
+    assert "metrics" not in data["task"] and data["optimizer"]["metrics"] == cfg.task.metrics
+    assert config_from_dict(data).task.metrics == cfg.task.metrics
+    data["task"]["metrics"] = {"f1": {}}
+    with pytest.raises(UserError, match="task.metrics; the metrics are set as optimizer.metrics"):
+        config_from_dict(data)

@@ -27,7 +27,7 @@ def gpu_cfg(cifar10_root, tmp_path):
 
 def test_gpu_trial_uses_mixed_precision_and_device_data(gpu_cfg):
     from tune_cifar.data import load_data
-    from tune_cifar.trial import run_trial
+    from tune_cifar.training import fit as run_trial
 
     cfg = gpu_cfg("trainer.max_epochs=3", "trainer.channels_last=true")
     trainer = run_trial(cfg, load_data(cfg.data, cfg.task.task), None)
@@ -42,7 +42,7 @@ def test_gpu_trial_uses_mixed_precision_and_device_data(gpu_cfg):
 def test_stopped_trial_gives_its_gpu_memory_back(gpu_cfg):
     """As in a reused Ray worker: a trial stopped from inside a report (ASHA) leaves nothing allocated."""
     from tune_cifar.data import load_data
-    from tune_cifar.trial import WorkerMemory, live_models, release_memory
+    from tune_cifar.training import WorkerMemory, live_models, release_memory
 
     cfg = gpu_cfg("trainer.max_epochs=3")
     arrays = load_data(cfg.data, cfg.task.task)

@@ -18,7 +18,7 @@ from conftest import tiny_overrides
 from tune_cifar import predict, train
 from tune_cifar.config import load_config
 from tune_cifar.export import write_export
-from tune_cifar.system import load_system
+from tune_cifar.classifier import Classifier
 
 GROUPS = "data.label_groups={vehicle: [airplane, automobile, ship, truck], animal: [bird, cat, deer, dog, frog, horse]}"
 
@@ -141,8 +141,8 @@ def test_auto_precision_on_a_gpu_is_the_one_the_model_was_trained_with(multiclas
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     assert loaded.precision(cfg, gpu) == "32-true" and loaded.precision(cfg, cpu) == "auto"
     assert type(autocast_for(gpu, loaded.precision(cfg, gpu))).__name__ == "nullcontext"  # float32
-    bf16 = dataclasses.replace(loaded, hparams={**loaded.hparams, "trained_precision": "bf16-mixed"})
-    assert bf16.precision(cfg, gpu) == "bf16-mixed"
+    loaded.net.extra_hparams["trained_precision"] = "bf16-mixed"
+    assert loaded.precision(cfg, gpu) == "bf16-mixed"
     explicit = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, precision="16-mixed"))
     assert loaded.precision(explicit, gpu) == "16-mixed"  # an explicit setting wins
 
@@ -160,11 +160,23 @@ def test_bare_checkpoint_needs_only_the_data_path(multiclass, cifar10_root, tmp_
 
 
 def test_inference_model_equals_the_lightning_system(multiclass):
+    """predict's Classifier is the one the training system holds; checkpoint keys are its own."""
+    from tune_cifar.checkpoint import read_checkpoint
+    from tune_cifar.config import OptimizerConfig, TaskConfig, build_section
+    from tune_cifar.models import ModelSpec
+    from tune_cifar.system import ClassificationSystem, InputSpec
+
     net = predict.load_checkpoint(multiclass["checkpoint"]).net
-    system = load_system(multiclass["checkpoint"]).eval()
+    ckpt = read_checkpoint(multiclass["checkpoint"])
+    hp = ckpt["hyper_parameters"]
+    system = ClassificationSystem(ModelSpec.from_dict(hp["model_spec"]), build_section(TaskConfig, hp["task"], "task"),
+                                  build_section(OptimizerConfig, hp["optimizer"], "optimizer"),
+                                  InputSpec.from_dict(hp["input_spec"]), fetch_weights=False)
+    system.load_state_dict(ckpt["state_dict"])  # Lightning's own resume path
+    assert set(system.state_dict()) == set(ckpt["state_dict"]) == set(net.state_dict())
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
-        assert torch.equal(net(x), system(x))
+        assert torch.equal(net(x), system.eval()(x))
 
 
 def test_binary_export_uses_the_threshold(binary, tmp_path):
@@ -254,7 +266,7 @@ def test_no_readable_image_exits_2(multiclass, tmp_path, capsys):
 def _reference(multiclass, n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        return x, load_system(multiclass["checkpoint"]).eval()(x)
+        return x, Classifier.from_checkpoint(multiclass["checkpoint"])(x)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated in favour of torch.export

@@ -55,7 +55,7 @@ def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
     """A real divergence (SGD with an absurd learning rate), caught by the callback every trial gets."""
     from tune_cifar.data import load_data
     from tune_cifar.faults import NonFiniteLoss, trial_callbacks
-    from tune_cifar.trial import run_trial
+    from tune_cifar.training import fit as run_trial
 
     cfg = tiny_cfg("optimizer=sgd", "optimizer.lr=1e12", "optimizer.weight_decay=0", "trainer.max_epochs=2")
     with pytest.raises(NonFiniteLoss, match=r"loss/train became (nan|inf) at epoch 1, step \d+"):
@@ -79,7 +79,7 @@ def test_worker_memory_counts_what_an_earlier_trial_left(tiny_cfg):
     """A trial stopped the way Ray stops one (SystemExit from inside a report) leaves no model behind;
     one still referenced is counted by the next trial's WorkerMemory and reported as memory/*."""
     from tune_cifar.data import load_data
-    from tune_cifar.trial import WorkerMemory, live_models, release_memory, run_trial
+    from tune_cifar.training import WorkerMemory, live_models, release_memory, fit as run_trial
 
     cfg = tiny_cfg("trainer.max_epochs=3")
     arrays = load_data(cfg.data, cfg.task.task)

@@ -109,11 +109,11 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     arrays = load_data(cfg.data, cfg.task.task)
     dm = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
     dm.setup("test")
-    exp.system.eval()
+    exp.classifier.eval()
     correct = total = 0
     with torch.no_grad():
         for x, y in dm.test_dataloader():
-            correct += int((exp.system(x).argmax(1) == y).sum())
+            correct += int((exp.classifier(x).argmax(1) == y).sum())
             total += len(y)
     assert total == 100
     assert correct / total == pytest.approx(exp.metrics["accuracy/test"], abs=1e-6)
@@ -289,7 +289,7 @@ def test_nothing_to_export_is_one_clear_error_and_results_are_kept(tmp_path, dat
 
 
 def test_results_table_shows_peak_gpu_memory_of_gpu_trials(tmp_path, data_root):
-    """GPU trials report memory/cuda_peak_mb (trial.WorkerMemory): results.csv gets peak_gpu_mb."""
+    """GPU trials report memory/cuda_peak_mb (training.WorkerMemory): results.csv gets peak_gpu_mb."""
     from types import SimpleNamespace
 
     import pandas as pd

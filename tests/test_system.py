@@ -12,7 +12,8 @@ from tune_cifar.config import OptimizerConfig, SchedulerConfig, TaskConfig
 from tune_cifar.errors import UserError
 from tune_cifar.models import ModelSpec
 from tune_cifar.metrics import build_metric
-from tune_cifar.system import ClassificationSystem, InputSpec, lr_factor
+from tune_cifar.optim import lr_factor
+from tune_cifar.system import ClassificationSystem, InputSpec
 
 
 def _system(task="classification_multiclass", n=4, outputs=None, metrics=None, channels_last=False,
@@ -228,3 +229,49 @@ def test_compile_falls_back_when_unsupported(monkeypatch):
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     system = _system()
     assert system.compile_model() is False and "_compiled" not in system.__dict__
+
+
+def test_a_registered_optimizer_and_schedule_train_a_step(tiny_cfg, monkeypatch):
+    """Adding an optimizer or LR schedule is one registration: config validation and
+    configure_optimizers read the registries."""
+    from tune_cifar import optim, train
+    from tune_cifar.config import load_config  # noqa: F401 - validation reads the registry at call time
+
+    with pytest.raises(UserError, match="optimizer.optimizer='toy' is not allowed; allowed: .*sgd"):
+        tiny_cfg("trainer.fast_dev_run=true", "optimizer.optimizer=toy")
+    monkeypatch.setattr(optim, "OPTIMIZERS", dict(optim.OPTIMIZERS))
+    monkeypatch.setattr(optim, "SCHEDULES", dict(optim.SCHEDULES))
+    built = []
+
+    @optim.register_optimizer("toy")
+    def toy(groups, cfg):
+        built.append(("toy", cfg.lr))
+        return torch.optim.SGD(groups, lr=cfg.lr)
+
+    @optim.register_schedule("halving")
+    def halving(opt, cfg, steps):
+        built.append(("halving", steps.total))
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+    cfg = tiny_cfg("trainer.fast_dev_run=true", "optimizer.optimizer=toy", "optimizer.lr=0.125",
+                   "optimizer.scheduler.name=halving")
+    result = train.run(cfg)
+    assert built == [("toy", 0.125), ("halving", 1)]  # fast_dev_run: one step
+    assert math.isfinite(result["test"]["loss/test"])
+
+
+def test_weights_files_keep_the_classifier_keys():
+    """The system holds a Classifier, yet its state_dict (what checkpoints and exports store) has the
+    keys files always had (model.*, mean, std), and such a dict loads back into a system and a Classifier."""
+    from tune_cifar.classifier import Classifier
+
+    torch.manual_seed(0)
+    a, b = _system(), _system()
+    state = a.state_dict()
+    assert "mean" in state and "std" in state and all(k.startswith("model.") or k in ("mean", "std") for k in state)
+    b.load_state_dict(state)
+    clf = Classifier(a.model_spec, a.task, a.input_spec, fetch_weights=False)
+    clf.load_state_dict(state)
+    x, _ = _learnable(n=4)
+    with torch.no_grad():
+        assert torch.equal(b.eval()(x), a.eval()(x)) and torch.equal(clf.eval()(x), a(x))

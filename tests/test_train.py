@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import needs_fashion, tiny_overrides
-from tune_cifar import train
+from tune_cifar import train, training
 from tune_cifar.config import load_config
-from tune_cifar.system import load_system
+from tune_cifar.classifier import Classifier
 
 
 def _csv_keys(out_dir: Path) -> set[str]:
@@ -54,6 +54,12 @@ def test_predict_mode_reproduces_test_metrics(tiny_cfg):
     ckpt = Path(first["output_dir"]) / first["best_checkpoint"]
     again = train.run(tiny_cfg("run.predict=true", f"run.checkpoint_path={ckpt}"))
     assert again["test"]["accuracy/test"] == pytest.approx(first["test"]["accuracy/test"])
+    assert again["test"]["loss/test"] == pytest.approx(first["test"]["loss/test"], rel=1e-5)
+    # the same evaluation as predict's: the same numbers, every metric
+    from tune_cifar import predict
+
+    scored = predict.main(["--checkpoint", str(ckpt), "--out", str(ckpt.parent.parent / "scored")])
+    assert scored["metrics"] == again["test"]
 
 
 @needs_fashion
@@ -98,11 +104,11 @@ def test_resuming_onecycle_with_another_length_is_one_clear_error(tiny_cfg, cifa
 def test_transfer_learning_keeps_body_and_resets_head(cifar100_root, tiny_cfg, tmp_path):
     src = train.run(load_config(tiny_overrides(cifar100_root, tmp_path / "o100", "data=cifar100")))
     src_ckpt = Path(src["output_dir"]) / src["best_checkpoint"]
-    src_state = load_system(src_ckpt).state_dict()
+    src_state = Classifier.from_checkpoint(src_ckpt).state_dict()
     cfg = tiny_cfg(f"run.checkpoint_path={src_ckpt}", "trainer.max_epochs=1")
     arrays = train.load_data(cfg.data, cfg.task.task)
-    system = train.build_system(cfg, arrays)
-    skipped = train.transfer_weights(system, str(src_ckpt))
+    system = training.build_system(cfg, arrays)
+    skipped = training.transfer_weights(system, str(src_ckpt))
     state = system.state_dict()
     head = [k for k in skipped if k.startswith("model.")]
     assert head and all(state[k].shape != src_state[k].shape for k in head)  # 100 -> 10 classes
@@ -162,7 +168,7 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path):
     from tune_cifar.errors import UserError
 
     with pytest.raises(UserError, match="weights_only"):
-        load_system(evil)
+        Classifier.from_checkpoint(evil)
 
 
 def test_cli_prints_no_traceback(cifar10_root, tmp_path):
@@ -191,6 +197,6 @@ def test_binary_task_from_label_groups(tiny_cfg):
                    "data.label_groups={vehicle: [airplane, automobile, ship, truck], "
                    "animal: [bird, cat, deer, dog, frog, horse]}")
     result = train.run(cfg)
-    system = load_system(Path(result["output_dir"]) / result["best_checkpoint"])
+    system = Classifier.from_checkpoint(Path(result["output_dir"]) / result["best_checkpoint"])
     assert system.input_spec.classes == ("vehicle", "animal") and system.kind == "binary"
     assert result["test"]["accuracy/test"] > 0.6  # above always answering "animal" (6 of 10 classes)

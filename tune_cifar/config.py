@@ -17,8 +17,6 @@ from .errors import UserError, allowed, check_choice
 from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
 
 TASKS = ("classification_binary", "classification_multiclass", "classification_multilabel")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "onecycle", "step")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
 
@@ -68,6 +66,9 @@ class TaskConfig:
     threshold: float = 0.5  # binary / multilabel decision threshold
     monitor: str = "accuracy/val"
     monitor_mode: str = "max"
+    # The metrics to compute. Users write them as optimizer.metrics (the seed's key); once parsed they
+    # are the task's (config_from_dict copies them here), so metric code never reads the optimizer section.
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +146,10 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as users write it (task.metrics is optimizer.metrics: not written twice)."""
+        data = dataclasses.asdict(self)
+        data["task"].pop("metrics", None)
+        return data
 
 
 # --------------------------------------------------------------------------- parsing
@@ -165,7 +169,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise UserError(f"config: {key} must be a mapping, got {value!r}")
-        return _build(hint, value, key)
+        return build_section(hint, value, key)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -189,7 +193,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise UserError(f"config: {key}={value!r} must be of type {name}")
 
 
-def _build(cls, data: dict, prefix: str):
+def build_section(cls, data: dict, prefix: str):
+    """A config dataclass (a section, or ``Config`` with prefix "") from a plain dict: unknown keys
+    and wrong types are one-line UserErrors naming ``prefix.key``."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -231,10 +237,11 @@ def validate(cfg: Config) -> Config:
     """Value checks that types alone do not catch."""
     check_choice("task.task", cfg.task.task, TASKS)
     from .data.sources import SOURCES  # the registry (register_source): a new dataset is one registration
+    from .optim import OPTIMIZERS, SCHEDULES  # the registries (torch: imported when a config is checked)
 
-    check_choice("data.name", cfg.data.name, SOURCES)
-    check_choice("optimizer.optimizer", cfg.optimizer.optimizer, OPTIMIZERS)
-    check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, SCHEDULERS)
+    check_choice("data.name", cfg.data.name, tuple(SOURCES))
+    check_choice("optimizer.optimizer", cfg.optimizer.optimizer, tuple(OPTIMIZERS))
+    check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, tuple(SCHEDULES))
     check_choice("trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS)
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
     check_choice("task.monitor_mode", cfg.task.monitor_mode, ("max", "min"))
@@ -284,7 +291,11 @@ def validate(cfg: Config) -> Config:
 
 def config_from_dict(data: dict) -> Config:
     """Build and validate a Config from a plain (resolved) dict."""
-    return validate(_build(Config, dict(data), ""))
+    if isinstance(data.get("task"), dict) and "metrics" in data["task"]:
+        raise UserError("config: unknown key task.metrics; the metrics are set as optimizer.metrics")
+    cfg = build_section(Config, dict(data), "")
+    cfg.task.metrics = cfg.optimizer.metrics
+    return validate(cfg)
 
 
 # --------------------------------------------------------------------------- Hydra edge
@@ -354,6 +365,26 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), config_dir: str | P
     return config_from_dict(to_plain(compose(overrides, config_dir)))
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` parsed with Hydra's override grammar, the one train and search use (``1e-4`` is a
+    float, ``null`` None, ``[1, 2]`` a list): for commands that change a saved config (predict)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    key = item.partition("=")[0].strip()
+    if "=" not in item or not key or key[0] in "+~" or " " in key:
+        raise UserError(f"override {item!r} must look like key=value, e.g. data.test_subset=null")
+    try:
+        override = OverridesParser.create().parse_override(item)
+        value = override.value()
+    except HydraException as err:
+        raise UserError(f"override {item!r}: {_one_line(err)}") from None
+    if override.type != OverrideType.CHANGE or override.is_sweep_override():
+        raise UserError(f"override {item!r} must look like key=value, e.g. data.test_subset=null")
+    return override.key_or_group, value
+
+
 def set_dotted(data: dict, key: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict; the path must exist (except the last key of a free dict)."""
     parts = key.split(".")
@@ -367,9 +398,3 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     if not isinstance(node, dict):
         raise UserError(f"config: {'.'.join(parts[:-1])} is a value ({node!r}), not a section: {key} does not exist")
     node[parts[-1]] = value
-
-
-def build_section(cls, data: dict, prefix: str):
-    """A config dataclass ``cls`` from a plain dict: types coerced, unknown and missing keys refused with
-    one ``config: prefix.key ...`` line. Public for other sections with the config's rules (search settings)."""
-    return _build(cls, data, prefix)

@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 
-from .checkpoint import read_checkpoint
 from .errors import UserError
 
-if TYPE_CHECKING:  # .system imports Lightning; imported where needed so that find_best stays light
-    from .system import ClassificationSystem
+if TYPE_CHECKING:  # imported where needed so that find_best stays light
+    from .classifier import Classifier
 
 FORMAT = 1
 MODEL_FILE = "model.pt"
@@ -45,8 +44,8 @@ class Export:
     """A loaded export."""
 
     path: Path
-    system: ClassificationSystem
-    config: dict
+    classifier: Classifier
+    config: dict | None  # None: no config.yaml
     metrics: dict
     hyperparameters: dict
     manifest: dict
@@ -62,11 +61,18 @@ def package_versions() -> dict:
     return out
 
 
-def write_export(dest: Path, checkpoint: Path, config: dict, metrics: dict | None = None,
+def write_export(dest: Path, source: Path | Classifier | dict, config: dict, metrics: dict | None = None,
                  hyperparameters: dict | None = None, experiment: str = "",
                  link_root: Path | None = None) -> Path:
-    """Write an export folder from a Lightning checkpoint; point ``link_root/best`` at it."""
-    ckpt = read_checkpoint(checkpoint)
+    """Write an export folder of a model (a Lightning checkpoint file, a Classifier, or the
+    ``{"state_dict", "hyper_parameters"}`` of one); point ``link_root/best`` at it."""
+    from .classifier import Classifier
+
+    if isinstance(source, (str, Path)):
+        source = Classifier.from_checkpoint(source)  # checked: only a model that loads is exported
+    if isinstance(source, Classifier):
+        source = {"state_dict": source.state_dict(), "hyper_parameters": source.hparams_dict()}
+    ckpt = source
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -116,29 +122,63 @@ def find_best(output_dir: str | Path = "outputs") -> Path:
     return link.resolve()
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object file of an export or run folder; {} when absent."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"export file {path} is not valid JSON: {err}") from None
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def read_yaml(path: Path) -> dict | None:
+    """A config.yaml of an export or run folder; None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config sections")
+    return data
 
 
 def read_export(path: str | Path) -> Export:
-    """Load an export folder (never imports Ray)."""
-    from .system import load_system
+    """Load an export folder (never imports Ray or Lightning), its files checked against each other."""
+    from .checkpoint import read_checkpoint
+    from .classifier import Classifier
+    from .data.arrays import preview
 
     path = Path(path)
-    manifest = _read_json(path / MANIFEST)
+    manifest = read_json(path / MANIFEST)
     if not manifest:
         raise UserError(f"{path} is not a tune_cifar export (no {MANIFEST})")
     if manifest.get("format") != FORMAT:
         raise UserError(f"export {path} has format {manifest.get('format')!r}; this version reads {FORMAT}")
-    system = load_system(path / manifest.get("model", MODEL_FILE))
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    except yaml.YAMLError as err:
-        raise UserError(f"export file {path / 'config.yaml'} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return Export(path=path, system=system, config=config or {}, metrics=_read_json(path / "metrics.json"),
-                  hyperparameters=_read_json(path / "hyperparameters.json"), manifest=manifest)
+    model_file = path / str(manifest.get("model") or MODEL_FILE)
+    ckpt = read_checkpoint(model_file)
+    hp = ckpt["hyper_parameters"]
+    listed = manifest.get("classes")
+    if listed and list(listed) != list(hp["input_spec"]["classes"]):
+        raise UserError(f"{path}: {MANIFEST} lists classes {preview(listed)} but {model_file.name} has "
+                        f"{preview(hp['input_spec']['classes'])}: the files come from different models")
+    config = read_yaml(path / "config.yaml")
+    _check_config_matches(path, hp, config)
+    classifier = Classifier.from_checkpoint(model_file, ckpt)
+    return Export(path=path, classifier=classifier, config=config, metrics=read_json(path / "metrics.json"),
+                  hyperparameters=read_json(path / "hyperparameters.json"), manifest=manifest)
+
+
+def _check_config_matches(path: Path, hp: dict, config: dict | None) -> None:
+    """An export's config.yaml and model.pt must describe the same model."""
+    model = (config or {}).get("model")
+    if not isinstance(model, dict):
+        return
+    spec = hp["model_spec"]
+    said = (model.get("provider_name"), model.get("model_name"))
+    if said != (spec.get("provider"), spec.get("name")):
+        raise UserError(f"{path}: {MODEL_FILE} holds {spec.get('provider')}/{spec.get('name')} but config.yaml "
+                        f"says {said[0]}/{said[1]}: the files come from different models; re-export it")

@@ -9,14 +9,9 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
+from .checkpoint import TASK_KIND
 from .config import Config, TaskConfig
 from .errors import UserError, allowed
-
-TASK_KIND = {
-    "classification_binary": "binary",
-    "classification_multiclass": "multiclass",
-    "classification_multilabel": "multilabel",
-}
 
 METRICS = {
     "accuracy": torchmetrics.Accuracy,
@@ -58,8 +53,18 @@ def build_metric(name: str, kwargs: dict, task: TaskConfig, num_classes: int) ->
 
 def check_metrics(cfg: Config) -> None:
     """Build every configured metric once: a bad name or argument fails before data or Ray start."""
-    for name, kwargs in cfg.optimizer.metrics.items():
+    for name, kwargs in cfg.task.metrics.items():
         build_metric(name, kwargs, cfg.task, cfg.data.num_classes)
+
+
+def metric_key(name: str, stage: str) -> str:
+    """What a metric (or ``loss``) is logged and reported as: ``<name>/<stage>``, stage train/val/test."""
+    return f"{name}/{stage}"
+
+
+def logged_keys(task: TaskConfig, stage: str) -> list[str]:
+    """The loss and every configured metric, as logged in ``stage``."""
+    return [metric_key("loss", stage), *(metric_key(m, stage) for m in task.metrics)]
 
 
 def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -1,80 +1,45 @@
-"""ClassificationSystem: the LightningModule (loss, metrics, optimizers, LR schedules).
+"""ClassificationSystem: the LightningModule training a :class:`~tune_cifar.classifier.Classifier`
+(loss, metrics, optimizers, LR schedules, logging).
 
-A checkpoint holds everything needed to rebuild the model: the model spec, the task,
-the optimizer settings and the input spec (classes, channels, size, normalisation), all
-as plain Python types so that ``torch.load(weights_only=True)`` reads it.
+Its checkpoint holds everything needed to rebuild the model: the model spec, the task, the
+optimizer settings and the input spec (classes, channels, size, normalisation), all as plain
+Python types so that ``torch.load(weights_only=True)`` reads it; ``Classifier.from_checkpoint``
+loads it without Lightning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import weakref
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .checkpoint import normalization_buffers, normalize, read_checkpoint
-from .config import OptimizerConfig, SchedulerConfig, TaskConfig, _build
+from .classifier import Classifier, InputSpec  # noqa: F401 - InputSpec: imported from here too
+from .config import OptimizerConfig, TaskConfig
 from .errors import UserError
-from .metrics import TASK_KIND, build_metric, task_loss
-from .models import ModelSpec, build_model
+from .metrics import build_metric, metric_key, task_loss
+from .models import ModelSpec
+from .optim import Steps, build_optimizer, build_schedule
 
 log = logging.getLogger("tune_cifar")
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model expects: uint8 images of this shape, normalised with mean/std."""
-
-    classes: tuple[str, ...]
-    in_chans: int
-    image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    dataset: str = ""
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(classes=tuple(d["classes"]), in_chans=int(d["in_chans"]),
-                   image_size=tuple(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   dataset=d.get("dataset", ""))
-
-
-# --------------------------------------------------------------------------- LR schedule
-
-
-def lr_factor(step: int, total: int, warmup: int, sched: SchedulerConfig, steps_per_epoch: int) -> float:
-    """Multiplier of the base LR at ``step`` (linear warm-up, then cosine / step / constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if sched.name == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if sched.name == "step":
-        return sched.gamma ** (step // max(1, sched.step_size * steps_per_epoch))
-    return 1.0
-
-
-# --------------------------------------------------------------------------- the system
+_CLASSIFIER = "classifier."
 
 
 class ClassificationSystem(pl.LightningModule):
-    """Classifier over a registry model; takes uint8 batches and normalises them itself."""
+    """Training of a :class:`Classifier`: loss, metrics, optimizers, LR schedules, logging."""
 
-    alive: "weakref.WeakSet[ClassificationSystem]" = weakref.WeakSet()  # not yet freed (see trial.live_models)
+    alive: "weakref.WeakSet[ClassificationSystem]" = weakref.WeakSet()  # not yet freed (see training.live_models)
 
     def __init__(self, model_spec: ModelSpec, task: TaskConfig, optimizer: OptimizerConfig,
                  input_spec: InputSpec, channels_last: bool = False, fetch_weights: bool = True):
         super().__init__()
         ClassificationSystem.alive.add(self)
+        if not task.metrics:  # a TaskConfig built by hand (not by config_from_dict): the optimizer's
+            task = dataclasses.replace(task, metrics=dict(optimizer.metrics))
         self.save_hyperparameters({
             "model_spec": model_spec.to_dict(),
             "task": dataclasses.asdict(task),
@@ -82,48 +47,35 @@ class ClassificationSystem(pl.LightningModule):
             "input_spec": input_spec.to_dict(),
             "channels_last": channels_last,
         })
-        self.model_spec, self.task, self.optim_cfg, self.input_spec = model_spec, task, optimizer, input_spec
-        self.kind = TASK_KIND[task.task]
-        self.channels_last = channels_last
-        self.model = build_model(model_spec, fetch=fetch_weights)  # False: weights from a checkpoint
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        mean, std = normalization_buffers(input_spec.in_chans, input_spec.mean, input_spec.std)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.classifier = Classifier(model_spec, task, input_spec, channels_last, fetch_weights)
+        self.task, self.optim_cfg = task, optimizer
+        # Weights files keep the keys they always had (model.*, mean, std: a Classifier's own), so that
+        # every checkpoint and export loads in both directions: "classifier." is dropped on saving and
+        # added back on loading.
+        self.register_state_dict_post_hook(_drop_classifier_prefix)
+        self.register_load_state_dict_pre_hook(_add_classifier_prefix)
         n = len(input_spec.classes)
-        self.val_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in optimizer.metrics.items()})
-        self.test_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in optimizer.metrics.items()})
+        self.val_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in task.metrics.items()})
+        self.test_metrics = nn.ModuleDict({k: build_metric(k, v, task, n) for k, v in task.metrics.items()})
 
-    # -- forward ------------------------------------------------------------
+    # -- the classifier's ----------------------------------------------------
+    model_spec = property(lambda self: self.classifier.model_spec)
+    input_spec = property(lambda self: self.classifier.input_spec)
+    kind = property(lambda self: self.classifier.kind)
+    channels_last = property(lambda self: self.classifier.channels_last)
+    model = property(lambda self: self.classifier.model)
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0..255 float) images -> normalised float tensor."""
-        return normalize(x, self.mean, self.std, self.channels_last)
+        return self.classifier.preprocess(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.__dict__.get("_compiled") or self.model
-        return net(self.preprocess(x))
+        return self.classifier(x)
 
     def compile_model(self) -> bool:
-        """``torch.compile`` the network (checkpoint keys unchanged); logs and returns False if unsupported."""
-        try:
-            import torch._dynamo
-
-            supported = torch._dynamo.is_dynamo_supported()
-        except Exception:  # noqa: BLE001 - any import/probe failure means no compile
-            supported = False
-        if not supported:
-            log.warning("trainer.compile=true: torch.compile is not supported here; running eagerly")
-            return False
-        object.__setattr__(self, "_compiled", torch.compile(self.model))  # not a registered submodule
-        return True
+        return self.classifier.compile_model()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities: softmax (multiclass), sigmoid (binary: P(class 1), multilabel)."""
-        if self.kind == "multiclass":
-            return logits.float().softmax(dim=1)
-        probs = logits.float().sigmoid()
-        return probs.squeeze(1) if self.kind == "binary" else probs
+        return self.classifier.probabilities(logits)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task_loss(self.kind, logits, y, self.task.label_smoothing)
@@ -143,18 +95,18 @@ class ClassificationSystem(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log("loss/train", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(metric_key("loss", "train"), loss, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, stage: str, metrics: nn.ModuleDict):
         x, y = batch
         logits = self(x)
-        self.log(f"loss/{stage}", self.loss(logits, y), on_epoch=True, prog_bar=True)
+        self.log(metric_key("loss", stage), self.loss(logits, y), on_epoch=True, prog_bar=True)
         probs = self.probabilities(logits)
         target = y.long()
         for name, metric in metrics.items():
             metric.update(probs, target)
-            self.log(f"{name}/{stage}", metric, on_epoch=True, prog_bar=name == "accuracy")
+            self.log(metric_key(name, stage), metric, on_epoch=True, prog_bar=name == "accuracy")
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val", self.val_metrics)
@@ -168,55 +120,24 @@ class ClassificationSystem(pl.LightningModule):
 
     # -- optimisation -------------------------------------------------------
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                  nesterov=cfg.nesterov and cfg.momentum > 0)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr)
-        else:
-            opt = torch.optim.AdamW(groups, lr=cfg.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        if cfg.scheduler.name == "onecycle":
-            # cycle_momentum=False: the configured momentum (SGD) / beta1 (Adam) stays as given;
-            # PyTorch's default would overwrite it with its own 0.85-0.95 cycle
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, cycle_momentum=False)
-        else:
-            warmup = int(cfg.scheduler.warmup_epochs * per_epoch)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda step: lr_factor(step, total, warmup, cfg.scheduler, per_epoch))
+        steps = Steps(total=total, per_epoch=max(1, total // max(1, self.trainer.max_epochs or 1)))
+        opt = build_optimizer(self.parameters(), self.optim_cfg)
+        sched = build_schedule(opt, self.optim_cfg, steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- weights-file keys
 
 
-def system_from_hparams(hp: dict) -> ClassificationSystem:
-    """Rebuild a ClassificationSystem from the plain dicts saved in its checkpoint."""
-    return ClassificationSystem(
-        model_spec=ModelSpec.from_dict(hp["model_spec"]),
-        task=_build(TaskConfig, hp["task"], "task"),
-        optimizer=_build(OptimizerConfig, hp["optimizer"], "optimizer"),
-        input_spec=InputSpec.from_dict(hp["input_spec"]),
-        channels_last=bool(hp.get("channels_last", False)),
-        fetch_weights=False,  # the checkpoint holds every weight: no download, works offline
-    )
+def _drop_classifier_prefix(module, state_dict, prefix, local_metadata) -> None:
+    inner = prefix + _CLASSIFIER
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
 
 
-def load_system(path: str | Path) -> ClassificationSystem:
-    """Rebuild the system from a checkpoint alone (no config files, no Ray)."""
-    ckpt = read_checkpoint(path)
-    hp = ckpt["hyper_parameters"]
-    system = system_from_hparams(hp)
-    try:
-        system.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise UserError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0][:200]}") from None
-    return system
+def _add_classifier_prefix(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    for key in list(state_dict):
+        rest = key[len(prefix):]
+        if key.startswith(prefix) and (rest.startswith("model.") or rest in ("mean", "std")):
+            state_dict[prefix + _CLASSIFIER + rest] = state_dict.pop(key)

@@ -7,8 +7,10 @@ model on its dataset's test split (metrics.json, predictions.csv), classifies im
 converts it to ONNX / TorchScript (``--to``). The config is the model's config.yaml changed by ``--data-path``,
 ``--batch-size`` and ``key=value`` overrides; outputs go to ``--out`` or ``<folder holding the export, or run folder>/predict/<time>/``.
 
-Modules, in the order of a run: cli (arguments, main), loading and network (export or checkpoint),
-settings (config), inference (device, batches, decisions), then evaluation (the test split), images
+Modules, in the order of a run: cli (arguments, main), loading (export or checkpoint, as a
+tune_cifar.classifier.Classifier),
+settings (config), inference (decisions; batches run by tune_cifar.evaluation), then evaluation
+(tune_cifar.evaluation's test metrics, plus confusion matrix and predictions.csv), images
 (image files) or conversion (ONNX / TorchScript); output: the output folder and warnings.
 """
 

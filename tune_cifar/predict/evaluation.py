@@ -13,50 +13,26 @@ import torch
 
 # torchmetrics (through tune_cifar.metrics; never Lightning) is imported after inference, to compute
 # the metrics of a dataset evaluation, and never for --images / --to.
-from ..config import Config, TaskConfig, _build, config_from_dict
-from ..errors import UserError
+from ..config import Config, config_from_dict
+from ..evaluation import evaluate as score
 from .clock import Clock
-from .inference import (class_probs, decide, effective_threshold, infer, label_text, probabilities,
-                        top_k_cells, top_k_header)
+from .inference import (class_probs, decide, effective_threshold, label_text, probabilities, top_k_cells,
+                        top_k_header)
 from .loading import Loaded
 from .output import PRINT_ROWS, make_out_dir
 
 
-def load_test_split(cfg: Config, loaded: Loaded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The test split exactly as training made it (row numbers, uint8 images, labels), checked
-    against the model. Lightning-free: the split comes from ``data.splits`` like the DataModule's."""
-    from ..data.sources import group_labels, load_source
-    from ..data.splits import split_indices
-
-    d = cfg.data
-    arrays = load_source(d.name, d.dataset_path, download=d.download, cifar100_labels=d.cifar100_labels,
-                         image_size=d.image_size, labels_csv=d.labels_csv)
-    if d.label_groups:
-        arrays = group_labels(arrays, d.label_groups)
-    where = f"{d.name} at {d.dataset_path or 'its default folder'}"
-    arrays.check_fits(loaded.classes, loaded.kind == "multilabel", loaded.in_chans, loaded.image_size, where,
-                      hint="; evaluate it on data with its classes (--data-path, data.* overrides)")
-    ids = split_indices(len(arrays.train_x), len(arrays.test_x), d, cfg.run.seed)["test"]
-    if len(ids) == 0:
-        raise UserError(f"{where} has no test images")
-    return ids, arrays.test_x, arrays.test_y
-
-
-def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: Config,
-                    threshold: float | None) -> dict:
-    """Accuracy, per-class accuracy, confusion matrix and the task's metrics (torchmetrics)."""
+def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, threshold: float | None,
+                    task_metrics: dict) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix (torchmetrics) besides the task's metrics
+    (``task_metrics``: tune_cifar.evaluation's, the same as train's and the search's)."""
     from torchmetrics.classification import (BinaryConfusionMatrix, MulticlassConfusionMatrix,
                                              MultilabelConfusionMatrix)
-
-    from ..metrics import build_metric, task_loss
 
     kind, classes = loaded.kind, loaded.classes
     n = len(classes)
     probs = probabilities(logits, kind)
     target = y.long()
-    task = _build(TaskConfig, dict(loaded.hparams["task"]), "task")
-    if threshold is not None:
-        task = dataclasses.replace(task, threshold=threshold)
     out: dict = {}
     if kind == "multilabel":
         cm = MultilabelConfusionMatrix(num_labels=n, threshold=threshold)(probs, target)  # [K, 2, 2]
@@ -81,31 +57,18 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, cfg: 
         out["support"] = dict(zip(classes, support.tolist()))
         out["confusion_matrix"] = {"classes": classes, "layout": "rows: true class, columns: predicted class",
                                    "matrix": cm.tolist()}
-    loss = task_loss(kind, logits, target, task.label_smoothing)  # as in training
-    task_metrics = {"loss/test": float(loss)}
-    for name, kwargs in cfg.optimizer.metrics.items():
-        metric = build_metric(name, kwargs, task, n)
-        metric.update(probs, target)
-        task_metrics[f"{name}/test"] = float(metric.compute())
     out["metrics"] = task_metrics
     return out
 
 
 def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torch.device, clock: Clock) -> dict:
     threshold = effective_threshold(args, cfg, loaded.kind)
-    ids, test_x, test_y = load_test_split(cfg, loaded)
-    size = cfg.data.inference_batch_size
-    pin = device.type == "cuda"
-
-    def images():
-        for start in range(0, len(ids), size):
-            x = torch.from_numpy(test_x[ids[start: start + size]])
-            yield x.pin_memory() if pin else x
-
-    logits = torch.cat(list(infer(loaded.net, images(), device, loaded.precision(cfg, device), clock)))
-    y = torch.from_numpy(test_y[ids])
+    scored = score(loaded.net, cfg, device=device, threshold=threshold, on_batch=clock.batch_done,
+                   hint="; evaluate it on data with its classes (--data-path, data.* overrides)",
+                   metrics=cfg.task.metrics)  # the model's config.yaml's, or as changed on the command line
+    ids, logits, y = scored.ids, scored.logits, scored.y
     out_dir = make_out_dir(args, loaded)
-    result = compute_metrics(logits, y, loaded, cfg, threshold)
+    result = compute_metrics(logits, y, loaded, threshold, scored.metrics)
     d = cfg.data
     summary = {
         "source": {"kind": loaded.source_kind, "path": str(loaded.source), "model": loaded.model_name},

@@ -80,7 +80,7 @@ def classify_images(loaded: Loaded, cfg: Config, args: argparse.Namespace, devic
                 pending[:] = [f for f, _ in good]
                 yield torch.from_numpy(np.stack([a for _, a in good]))
 
-    for logits in infer(loaded.net, batches(), device, loaded.precision(cfg, device), clock):
+    for logits in infer(loaded.net, batches(), device, loaded.precision(cfg, device), clock.batch_done):
         for f, p in zip(pending, probabilities(logits, loaded.kind)):
             rows.append((str(f), p, ""))
     classified = [r for r in rows if r[1] is not None]

@@ -5,23 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import yaml
-
-from ..config import Config, config_from_dict, set_dotted
+from ..config import Config, config_from_dict, parse_override, set_dotted
 from ..errors import UserError
 from .loading import Loaded
-
-
-def parse_override(item: str) -> tuple[str, object]:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or key[0] in "+~" or " " in key:
-        raise UserError(f"override {item!r} must look like key=value, e.g. data.test_subset=null")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    return key, value
 
 
 def make_config(loaded: Loaded, args: argparse.Namespace) -> Config:
@@ -32,8 +18,8 @@ def make_config(loaded: Loaded, args: argparse.Namespace) -> Config:
         data = Config().to_dict()
         data["data"].update(name=loaded.hparams["input_spec"].get("dataset") or "cifar10",
                             num_classes=len(loaded.classes), dataset_path="")
-        data["task"] = dict(loaded.hparams["task"])
-        data["optimizer"]["metrics"] = dict(loaded.hparams.get("optimizer", {}).get("metrics") or {"accuracy": {}})
+        data["task"] = {k: v for k, v in loaded.hparams["task"].items() if k != "metrics"}
+        data["optimizer"]["metrics"] = dict(loaded.net.task.metrics)  # written as users write them
     data = json.loads(json.dumps(data))  # deep copy
     pairs = [parse_override(item) for item in args.overrides]
     if args.data_path is not None:

@@ -57,10 +57,6 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
-
-
 def run_search(space: SearchSpace, address: str | None = None, overrides: Sequence[str] = (),
                resume: bool = False, new_name: bool = False) -> dict:
     """Run the trials (or ``resume`` the experiment's latest run), write results.csv and the reports,

@@ -27,7 +27,7 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     import torch
 
     from ..data import load_data
-    from ..trial import run_trial, val_metrics
+    from ..training import fit, val_metrics
 
     try:
         given = json.loads(params) if params else {}
@@ -44,7 +44,7 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     out_dir = exp_dir / _stamp(exp_dir, "debug_")
     out_dir.mkdir(parents=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer = run_trial(cfg, arrays, out_dir, checkpointing=True, loggers=True)
+    trainer = fit(cfg, arrays, out_dir, checkpointing=True, loggers=True)
     metrics = val_metrics(trainer)
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     print(f"outputs: {out_dir}")

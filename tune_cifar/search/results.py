@@ -17,7 +17,7 @@ log = logging.getLogger("tune_cifar")
 
 STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
 
-PEAK_METRIC = "memory/cuda_peak_mb"  # trial.WorkerMemory.PEAK (not imported: trial loads Lightning)
+PEAK_METRIC = "memory/cuda_peak_mb"  # training.WorkerMemory.PEAK (not imported: training loads Lightning)
 PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
 
 
@@ -173,9 +173,10 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
 def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None = None,
            interrupted: bool = False) -> dict:
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
-    from ..export import write_export
+    from ..classifier import Classifier
+    from ..evaluation import evaluate
+    from ..training import quiet
     from .trainable import checkpoint_file
-    from ..trial import evaluate, quiet
 
     quiet()
     space, paths = plan.space, plan.paths
@@ -207,10 +208,10 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
                **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
     with checkpoint.as_directory() as directory:
-        metrics.update(evaluate(cfg, checkpoint_file(directory), arrays))
-        dest = write_export(paths.export_dir, checkpoint_file(directory),
-                            config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
-                            experiment=s.experiment, link_root=paths.link_root)
+        classifier = Classifier.from_checkpoint(checkpoint_file(directory))
+    metrics.update(evaluate(classifier, cfg, arrays).metrics)
+    dest = classifier.to_export(paths.export_dir, config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
+                                experiment=s.experiment, link_root=paths.link_root)
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")

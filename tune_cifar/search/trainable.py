@@ -16,17 +16,18 @@ from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from ..config import Config
 from ..data import ImageArrays
+from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .results import STOP_REASON
 from .space import SearchSpace
-from ..trial import WorkerMemory, quiet, release_memory, run_trial
+from ..training import WorkerMemory, fit, quiet, release_memory
 
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 
 
 def reported_metrics(cfg: Config) -> list[str]:
     """What each report holds: the validation loss and metrics (Lightning's names, e.g. accuracy/val)."""
-    return ["loss/val", *(f"{m}/val" for m in cfg.optimizer.metrics)]
+    return logged_keys(cfg.task, "val")
 
 
 def checkpoint_file(directory: str | Path) -> Path:
@@ -68,7 +69,7 @@ def _fit(cfg: Config, arrays: ImageArrays, values: dict) -> None:
     checkpoint = tune.get_checkpoint()
     with resource_errors():
         if checkpoint is None:
-            run_trial(cfg, arrays, None, callbacks)
+            fit(cfg, arrays, None, callbacks)
             return
         with checkpoint.as_directory() as directory:
-            run_trial(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
+            fit(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))

@@ -1,0 +1,218 @@
+"""Training without a CLI: the builders (model and input specs, system, trainer, precision, weight
+transfer) and ``fit``, used by ``python -m tune_cifar.train``, ``search --debug`` and the Ray trainable;
+plus the helpers a process running many trials needs (quiet logs, memory release and its metrics).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from .checkpoint import read_checkpoint
+from .config import Config, TrainerConfig
+from .data import ImageArrays, ImageDataModule
+from .errors import UserError
+from .metrics import check_metrics, logged_keys
+from .models import ModelSpec, check_model_name
+from .system import ClassificationSystem, InputSpec
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def model_spec(cfg: Config, in_chans: int) -> ModelSpec:
+    """ModelSpec from the model section; the head size follows the task and data."""
+    m = cfg.model
+    kwargs = dict(m.model_kwargs)
+    pretrained = bool(kwargs.pop("pretrained", False))
+    kwargs.pop("num_classes", None)
+    kwargs.pop("in_chans", None)
+    mods = m.modifiers
+    outputs = 1 if cfg.task.task == "classification_binary" else cfg.data.num_classes
+    return ModelSpec(
+        provider=m.provider_name, name=m.model_name, num_classes=outputs, in_chans=in_chans,
+        pretrained=pretrained, cifar_stem=mods.cifar_stem,
+        first_conv_channels=mods.change_first_convolutional_layer.num_input_channels
+        if mods.change_first_convolutional_layer else None,
+        last_layer_outputs=mods.change_last_layer.num_outputs if mods.change_last_layer else None,
+        last_layer_identity=mods.change_last_layer_to_identity,
+        kwargs=kwargs,
+    )
+
+
+def input_spec(arrays: ImageArrays, dataset: str) -> InputSpec:
+    return InputSpec(classes=tuple(arrays.classes), in_chans=arrays.in_chans,
+                     image_size=tuple(arrays.image_size), mean=tuple(arrays.mean),
+                     std=tuple(arrays.std), dataset=dataset)
+
+
+def check_monitor(cfg: Config) -> None:
+    allowed_keys = set(logged_keys(cfg.task, "val"))
+    if cfg.task.monitor not in allowed_keys:
+        raise UserError(f"config: task.monitor={cfg.task.monitor!r} is not logged; allowed: "
+                        f"{', '.join(sorted(allowed_keys))}")
+
+
+def preflight(cfg: Config) -> None:
+    """The checks that need neither data nor a model: precision, monitor, metrics, model name."""
+    resolve_precision(cfg.trainer)
+    check_monitor(cfg)
+    check_metrics(cfg)
+    check_model_name(cfg.model.provider_name, cfg.model.model_name)
+
+
+def build_system(cfg: Config, arrays: ImageArrays) -> ClassificationSystem:
+    check_monitor(cfg)
+    spec = model_spec(cfg, arrays.in_chans)
+    if spec.first_conv_channels and spec.first_conv_channels != arrays.in_chans:
+        raise UserError(
+            f"config: model.modifiers.change_first_convolutional_layer.num_input_channels="
+            f"{spec.first_conv_channels} but {cfg.data.name} images have {arrays.in_chans} channels")
+    system = ClassificationSystem(spec, cfg.task, cfg.optimizer, input_spec(arrays, cfg.data.name),
+                                  channels_last=cfg.trainer.channels_last)
+    if cfg.trainer.compile:
+        system.compile_model()
+    return system
+
+
+def resolve_precision(t: TrainerConfig) -> str:
+    """``auto`` -> bf16-mixed / 16-mixed on GPU, 32-true on CPU; fp16 on a CPU is refused."""
+    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if t.precision == "auto":
+        if not on_gpu:
+            return "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if t.precision == "16-mixed" and not on_gpu:
+        raise UserError("config: trainer.precision=16-mixed needs a GPU; on a CPU use 32 or bf16-mixed")
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("config: trainer.accelerator=gpu but no CUDA GPU is available; use trainer.accelerator=cpu")
+    return t.precision
+
+
+def build_trainer(cfg: Config, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),
+                  checkpointing: bool = True, loggers: bool = True, **overrides) -> pl.Trainer:
+    """The Lightning Trainer used by both ``train`` and the search's trials."""
+    t = cfg.trainer
+    precision = resolve_precision(t)
+    callbacks = list(callbacks)
+    logger = False
+    if out_dir is not None and loggers and not t.fast_dev_run:
+        from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+        logger = [TensorBoardLogger(str(out_dir), name="tensorboard", version=""),
+                  CSVLogger(str(out_dir), name="csv", version="")]
+    if checkpointing and out_dir is not None and not t.fast_dev_run:
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), filename="best",
+                                         monitor=cfg.task.monitor, mode=cfg.task.monitor_mode,
+                                         save_last=True, auto_insert_metric_name=False))
+    if t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()):
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = not t.deterministic
+    kwargs = dict(
+        accelerator=t.accelerator, devices=t.devices, max_epochs=t.max_epochs,
+        val_check_interval=t.val_check_interval, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps, fast_dev_run=t.fast_dev_run,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches, precision=precision, deterministic=t.deterministic,
+        gradient_clip_val=t.gradient_clip_val, enable_progress_bar=t.enable_progress_bar,
+        enable_checkpointing=checkpointing and not t.fast_dev_run, logger=logger, callbacks=callbacks,
+        default_root_dir=str(out_dir) if out_dir else None,
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def transfer_weights(system: ClassificationSystem, path: str) -> list[str]:
+    """Load matching weights from a checkpoint (a new head stays fresh); returns skipped keys."""
+    state = read_checkpoint(path)["state_dict"]
+    own = system.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    system.load_state_dict(keep, strict=False)
+    return sorted(set(own) - set(keep))
+
+
+# --------------------------------------------------------------------------- fitting, and many trials in one process
+
+
+def quiet(*names: str) -> None:
+    """Lower these loggers (and Lightning's) to warnings: Ray's table is the progress display."""
+    for name in ("pytorch_lightning", "lightning_fabric", *names):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def fit(cfg: Config, arrays: ImageArrays, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),
+        ckpt_path: str | Path | None = None, checkpointing: bool = False, loggers: bool = False,
+        system: ClassificationSystem | None = None, summary: bool = False) -> pl.Trainer:
+    """Fit one configuration (resuming from ``ckpt_path`` if given); returns the trainer.
+
+    Without ``system`` it seeds and builds one (a trial); ``train`` passes the one it built (and
+    seeded for), e.g. with transferred weights."""
+    if system is None:
+        pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
+    system = system if system is not None else build_system(cfg, arrays)
+    trainer = build_trainer(cfg, out_dir, callbacks=callbacks, checkpointing=checkpointing, loggers=loggers,
+                            enable_model_summary=summary)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    return trainer
+
+
+def live_models(collect: bool = True) -> int:
+    """ClassificationSystems alive in this process (a reused Ray worker should start a trial with none).
+
+    ``collect`` first frees unreachable ones (a model and its trainer form reference cycles): ~0.3 s
+    with torch, Lightning and Ray loaded; without it, the count is exact only after such a collection.
+    """
+    if collect:
+        gc.collect()
+    return len(ClassificationSystem.alive)
+
+
+def release_memory() -> None:
+    """After a trial: drop its garbage and give cached GPU memory back to the card (other trials share it)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class WorkerMemory(pl.Callback):
+    """Logs what this process held before the trial was built (an earlier trial's leftovers in a reused
+    Ray worker: models, and on a GPU allocated MiB) and, on a GPU, the trial's peak allocated MiB.
+
+    Create it before the trial's model. Its values are ``memory/*`` metrics, reported like any other.
+    """
+
+    PEAK = "memory/cuda_peak_mb"  # search.PEAK_METRIC: results.csv's peak_gpu_mb
+
+    def __init__(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        # release_memory() collected at the end of the last trial here: no second collection needed
+        self.leftover = {"memory/leftover_models": float(live_models(collect=False))}
+        if self.cuda:
+            self.leftover["memory/leftover_cuda_mb"] = torch.cuda.memory_allocated() / 2 ** 20
+            torch.cuda.reset_peak_memory_stats()
+
+    @property
+    def names(self) -> list[str]:
+        """The metrics it logs here (the CUDA ones on a GPU only)."""
+        return [*self.leftover, *([self.PEAK] if self.cuda else [])]
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = dict(self.leftover)
+        if self.cuda:
+            values[self.PEAK] = torch.cuda.max_memory_allocated() / 2 ** 20
+        pl_module.log_dict(values)
+
+
+def val_metrics(trainer: pl.Trainer) -> dict:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("/val")}
