@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -25,3 +26,65 @@ def test_gpu_epoch_bench_runs_on_cpu():
     ratio = float(re.search(r"ratio Lightning/plain: ([\d.]+)", out.stdout).group(1))
     assert ratio == pytest.approx(int(rows["Lightning ClassificationSystem"]) / int(rows["plain PyTorch loop"]),
                                   rel=0.05)
+
+
+def _synthetic_curves(path: Path, epochs: int = 4) -> dict:
+    """A tiny grid whose curves rise with a per-configuration ceiling (what search_seeds.py replays)."""
+    grid = {"optimizer.optimizer": ["sgd", "adamw"], "optimizer.lr": {"sgd": [0.01, 0.1], "adamw": [1e-3, 1e-2]},
+            "optimizer.weight_decay": [1e-4], "data.train_batch_size": [32], "model.model_name": ["a", "b"]}
+    configs, ceiling = [], 0.5
+    for opt in grid["optimizer.optimizer"]:
+        for lr in grid["optimizer.lr"][opt]:
+            for model in grid["model.model_name"]:
+                ceiling += 0.05
+                params = {"optimizer.optimizer": opt, "optimizer.lr": lr, "optimizer.weight_decay": 1e-4,
+                          "data.train_batch_size": 32, "model.model_name": model}
+                curve = [{"epoch": e, "val_accuracy": round(ceiling * (1 - 0.5 ** e), 4), "val_loss": 1.0 / e,
+                          "test_accuracy": round(ceiling * (1 - 0.5 ** e) - 0.01, 4), "time_s": float(e)}
+                         for e in range(1, epochs + 1)]
+                curve[-1]["val_accuracy"] = curve[-2]["val_accuracy"] - 0.02  # the best epoch is not the last
+                configs.append({"params": params, "curve": curve})
+    doc = {"grid": grid, "epochs": epochs, "configs": configs}
+    path.write_text(json.dumps(doc))
+    return doc
+
+
+def test_search_seeds_replay_on_synthetic_curves(tmp_path):
+    """The replay drives Optuna and Ray's ASHA: FIFO runs every epoch, ASHA stops some trials, and what
+    Optuna is told differs before/after issue 12 §1 (COMPLETE rung values vs PRUNED + best-epoch values)."""
+    import importlib.util
+
+    doc = _synthetic_curves(tmp_path / "curves.json")
+    spec = importlib.util.spec_from_file_location("search_seeds", ROOT / "bench" / "search_seeds.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    curves = bench.Curves(doc)
+    fifo = bench.replay("fifo_random", curves, seed=0, num_samples=8, concurrency=2)
+    assert fifo["trial_epochs"] == 8 * 4 and fifo["completed"] == 8 and fifo["states"] == {"COMPLETE": 8}
+    assert fifo["best_val"] == max(b for _, b in fifo["anytime"])
+    before = bench.replay("asha_tpe_before", curves, seed=0, num_samples=8, concurrency=2)
+    after = bench.replay("asha_tpe", curves, seed=0, num_samples=8, concurrency=2)
+    for run in (before, after):
+        assert run["trial_epochs"] < 8 * 4 and run["completed"] < 8  # ASHA stopped some trials
+    assert before["states"] == {"COMPLETE": 8}
+    assert after["states"] == {"COMPLETE": after["completed"], "PRUNED": 8 - after["completed"]}
+    for run in (before, after):
+        for info, t in zip(run["trials"], run["study"].trials):
+            vals = [c["val_accuracy"] for c in curves.curve(info)[: info["epochs"]]]
+            assert t.intermediate_values == {e + 1: v for e, v in enumerate(vals if run is after else vals[:-1])}
+            if run is before:  # told COMPLETE with its last result: the rung value when ASHA stopped it
+                assert t.value == vals[-1]
+            elif t.state.name == "COMPLETE":  # ran to the end: told its best epoch, not its last
+                assert info["epochs"] == 4 and t.value == max(vals)
+    assert any(info["epochs"] == 4 for info in after["trials"]), \
+        "no completed trial peaked before its last epoch: the best-vs-last check did not run"
+
+    out = subprocess.run([sys.executable, "bench/search_seeds.py", "--curves", str(tmp_path / "curves.json"),
+                          "--seeds", "2", "--num-samples", "6", "--out", str(tmp_path / "seeds")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "seeds.json").read_text())
+    assert (tmp_path / "seeds.png").stat().st_size > 0
+    assert set(result["summary"]) == {"fifo_random", "asha_random", "asha_tpe_before", "asha_tpe"}
+    assert result["summary"]["fifo_random"]["trial_epochs"]["median"] == 6 * 4
+    assert "| asha_tpe |" in out.stdout
