@@ -287,6 +287,12 @@ def main(argv=None) -> dict:
         "fifo_final_median": fifo_final,
         "asha_tpe_at_30pct_median": tpe["at"]["30%"]["median"],
         "goal_30pct_within_0.5": tpe["at"]["30%"]["median"] >= fifo_final - 0.005 - 1e-9,
+        # TPE proposes from its few best trials (gamma: 1-2 of 16): if telling PRUNED/best-epoch values does
+        # not change which trials those are, its proposals, and so the whole search, are the same as before §1
+        "same_trials_as_before_section1": sum(
+            [t["number"] for t in a["trials"]] == [t["number"] for t in b["trials"]]
+            and [Curves.key(t) for t in a["trials"]] == [Curves.key(t) for t in b["trials"]]
+            for a, b in zip(runs["asha_tpe"], runs["asha_tpe_before"])),
         "asha_tpe_minus_asha_random_points": {k: round(100 * (tpe["at"][k]["median"] - rnd["at"][k]["median"]), 2)
                                               for k in tpe["at"]},
     }
