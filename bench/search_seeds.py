@@ -244,7 +244,8 @@ def plot(runs: dict[str, list[dict]], fifo_budget: int, path: Path) -> None:
         ys = np.array([[best_at(r, x) for x in xs] for r in rs])
         q1, med, q3 = np.nanpercentile(ys, [25, 50, 75], axis=0)
         end = int(np.median([r["trial_epochs"] for r in rs]))
-        line, = ax.plot(xs[:end], 100 * med[:end], label=f"{method} (median, IQR band)")
+        line, = ax.plot(xs[:end], 100 * med[:end], label=f"{method} (median, IQR band)",
+                        ls="--" if method == "asha_tpe_before" else "-")  # dashed: visible where equal
         ax.fill_between(xs[:end], 100 * q1[:end], 100 * q3[:end], color=line.get_color(), alpha=0.2)
     fifo_final = np.median([r["best_val"] for r in runs["fifo_random"]])
     ax.axhline(100 * fifo_final - 0.5, color="grey", ls=":", lw=1, label="FIFO + random final median − 0.5")
