@@ -1,6 +1,6 @@
 """Searchers and schedulers over seeds, replayed on recorded learning curves (simulated time).
 
-    python bench/search_seeds.py [--curves bench/data/curves.json] [--seeds 20] [--num-samples 16]
+    python bench/search_seeds.py [--curves bench/data/curves.json] [--seeds 50] [--num-samples 16]
                                  [--concurrency 2] [--grace-period 1] [--reduction-factor 2]
                                  [--n-startup-trials 4] [--clock epochs|recorded] [--out bench/data/search_seeds]
 
@@ -216,17 +216,17 @@ def pct(x: float) -> str:
 
 
 def table(summary: dict) -> str:
-    """Markdown: median [min-max] of best val accuracy (%) at each budget, epochs used, export's test accuracy."""
+    """Markdown: median [IQR] of best val accuracy (%) at each budget, epochs used, export's test accuracy."""
     head = ("| method | " + " | ".join(f"best val @ {int(f * 100)} %" for f in FRACTIONS)
             + " | trial-epochs used | export test acc | reaches FIFO median − 0.5 |")
     lines = [head, "|---" + "|---:" * (len(FRACTIONS) + 3) + "|"]
     for method, s in summary.items():
-        cells = [f"{pct(v['median'])} [{pct(v['min'])}–{pct(v['max'])}]" for v in s["at"].values()]
+        cells = [f"{pct(v['median'])} [{pct(v['q1'])}–{pct(v['q3'])}]" for v in s["at"].values()]
         te, ex, reach = s["trial_epochs"], s["export_test"], s["epochs_to_fifo_median_minus_0.5"]
         frac = reach["median_fraction_of_fifo"]
         lines.append(f"| {method} | " + " | ".join(cells)
-                     + f" | {te['median']:.0f} [{te['min']:.0f}–{te['max']:.0f}]"
-                     + f" | {pct(ex['median'])} [{pct(ex['min'])}–{pct(ex['max'])}]"
+                     + f" | {te['median']:.0f} [{te['q1']:.0f}–{te['q3']:.0f}]"
+                     + f" | {pct(ex['median'])} [{pct(ex['q1'])}–{pct(ex['q3'])}]"
                      + f" | {reach['reached']}/{reach['of']} seeds, median at "
                      + (f"{100 * frac:.0f} % |" if np.isfinite(frac) else "never |"))
     return "\n".join(lines)
@@ -264,7 +264,7 @@ def plot(runs: dict[str, list[dict]], fifo_budget: int, path: Path) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--curves", type=Path, default=ROOT / "bench" / "data" / "curves.json")
-    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--grace-period", type=int, default=1)
@@ -296,11 +296,17 @@ def main(argv=None) -> dict:
             for a, b in zip(runs["asha_tpe"], runs["asha_tpe_before"])),
         "asha_tpe_minus_asha_random_points": {k: round(100 * (tpe["at"][k]["median"] - rnd["at"][k]["median"]), 2)
                                               for k in tpe["at"]},
+        # paired by seed (TPE's start-up trials are the random sampler's draws for the same seed)
+        "asha_tpe_vs_asha_random_wins_ties_losses": {
+            f"{int(f * 100)}%": [int(np.sum(d > 1e-9)), int(np.sum(np.abs(d) <= 1e-9)), int(np.sum(d < -1e-9))]
+            for f in FRACTIONS
+            for d in [np.array([best_at(a, f * fifo_budget) - best_at(b, f * fifo_budget)
+                                for a, b in zip(runs["asha_tpe"], runs["asha_random"])])]},
     }
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "configs": len(curves.by_key), "max_epochs": curves.max_epochs, "fifo_budget": fifo_budget,
            "grid_best_val": grid_best, "summary": summary, "verdict": verdict,
-           "runs": {m: [{k: v for k, v in r.items() if k not in ("anytime", "study")} for r in rs]
+           "runs": {m: [{k: v for k, v in r.items() if k not in ("anytime", "study", "trials")} for r in rs]
                     for m, rs in runs.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
