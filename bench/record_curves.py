@@ -74,7 +74,7 @@ def train_curve(overrides: list[str], params: dict, arrays=None):
 
     from tune_cifar.config import load_config
     from tune_cifar.data import ImageDataModule, load_data
-    from tune_cifar.train import build_system, build_trainer
+    from tune_cifar.training import build_system, build_trainer
 
     cfg = load_config([*overrides, *(f"{k}={v}" for k, v in params.items())])
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)

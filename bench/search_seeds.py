@@ -9,7 +9,7 @@ cpu_small.yaml's parameters trained once on real Fashion-MNIST, validation and t
 What is replayed: the searches. Each method runs ``--num-samples`` trials, ``--concurrency`` at a time, over
 the grid; a trial's epoch-k result is the recorded epoch-k value of its configuration, and it takes one
 unit of simulated time (``--clock recorded``: the recorded seconds of that epoch instead). The real
-libraries decide: Optuna's ``TPESampler`` (as ``tune_cifar.search.space.make_sampler`` builds it:
+libraries decide: Optuna's ``TPESampler`` (as ``tune_cifar.search.registry`` builds it:
 multivariate, group, constant liar) or ``RandomSampler`` through ``study.ask``/``study.tell``, and Ray's
 ``ASHAScheduler`` through ``on_trial_add``/``on_trial_result``/``on_trial_complete`` (what Tune's
 controller calls) with a minimal trial stand-in. Methods:
@@ -92,7 +92,7 @@ def make_sampler(name: str, seed: int, n_startup_trials: int):
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, multivariate=True,
-                                      group=True, constant_liar=True)  # as tune_cifar.search.space.make_sampler
+                                      group=True, constant_liar=True)  # as tune_cifar.search.registry.tpe
 
 
 def replay(method: str, curves: Curves, seed: int, num_samples: int = 16, concurrency: int = 2,
