@@ -104,3 +104,98 @@ def test_restored_optimizer_follows_the_new_config_under_onecycle(tiny_cfg, tmp_
         assert group["momentum"] == 0.5
     assert seen["groups"][0]["weight_decay"] == 1e-3
     assert not math.isclose(seen["groups"][0]["lr"], 0.01)  # mid-cycle, not the peak
+
+
+# --------------------------------------------------------------------------- a real PBT search
+
+
+def pbt_space(tmp_path: Path, data_root: Path, search: dict | None = None, params: dict | None = None,
+              base: list | None = None) -> Path:
+    import yaml
+
+    doc = {
+        "base": ["data=cifar10", f"data.dataset_path={data_root}", "data.download=false",
+                 "data.val_fraction=0.25", "data.train_batch_size=32", "data.inference_batch_size=128",
+                 "model=small_cnn", "model.model_name=tiny_cnn", "trainer.log_every_n_steps=1",
+                 "optimizer=adamw", "optimizer.scheduler.name=none", *(base or [])],
+        "params": params or {"optimizer.lr": {"loguniform": [1e-5, 0.05]},
+                             "task.label_smoothing": {"uniform": [0.0, 0.2]}},
+        "search": {"experiment": "pbt", "storage_path": str(tmp_path / "outputs"),
+                   "scheduler": {"name": "pbt", "max_epochs": 3, "perturbation_interval": 1},
+                   "searcher": {"name": "random", "seed": 0}, **(search or {})},
+    }
+    path = tmp_path / "pbt.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from cifar_files import write_cifar10
+
+    root = tmp_path_factory.mktemp("cifar10_pbt")
+    write_cifar10(root, n_train=600, n_test=100, seed=0)  # good and bad learning rates differ at epoch 1
+    return root
+
+
+@pytest.mark.slow
+def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tmp_path, data_root):
+    import json
+
+    import pandas as pd
+    import ray
+
+    from tune_cifar.search.cli import run_search
+    from tune_cifar.search.space import load_space
+
+    strong, weak = {"optimizer.lr": 0.01}, {"optimizer.lr": 1e-5}
+    path = pbt_space(tmp_path, data_root, {
+        "num_samples": 4, "resources": {"cpu": 0.5}, "scheduler": {"name": "pbt", "max_epochs": 4, "perturbation_interval": 1},
+        "searcher": {"name": "random", "seed": 0,
+                     "points_to_evaluate": [strong, {"optimizer.lr": 0.005}, weak, {"optimizer.lr": 2e-5}]}})
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        out = run_search(load_space(path))
+    finally:
+        ray.shutdown()
+    run_dir = Path(out["ray_dir"])
+    table = pd.read_csv(out["results"])
+    rows = {p.parent.name.removeprefix("trial_"): pd.read_csv(p) for p in run_dir.glob("trial_*/progress.csv")}
+    events = [json.loads(line) for line in (run_dir / "pbt_exploits.jsonl").read_text().splitlines()]
+    print(table.to_string(), *events, sep="\n")
+
+    # Exploits happened; Ray's own log has each one, results.csv counts them and names the donors.
+    assert events and len((run_dir / "pbt_global.txt").read_text().splitlines()) == len(events)
+    by_id = table.set_index("trial_id")
+    assert by_id["exploits"].sum() == len(events) and set(by_id.index) == set(rows)
+    for e in events:
+        assert e["donor"] in by_id.index and e["donor"] in by_id.loc[e["trial_id"], "cloned_from"]
+    assert (run_dir / "learning_curves.png").is_file()
+
+    # The mutation survived the restore: the epoch after an exploit trained at the NEW config's rate,
+    # not at the donor's rate restored with its optimizer state.
+    trained_after = [e for e in events if e["donor_epoch"] < 4]
+    assert trained_after, "every exploit copied a finished trial: nothing trained after it"
+    for e in trained_after:
+        mine, donor = rows[e["trial_id"]], rows[e["donor"]]
+        after = mine[mine["training_iteration"] == e["donor_epoch"] + 1]
+        donor_lr = donor.loc[donor["training_iteration"] == e["donor_epoch"], "optimizer/lr"].iloc[-1]
+        assert after["optimizer/lr"].iloc[-1] == pytest.approx(e["config"]["optimizer.lr"], rel=1e-6)
+        assert not math.isclose(e["config"]["optimizer.lr"], donor_lr)
+    # epochs trained, not inherited from donors
+    assert out["trial_epochs"] == sum(len(r) for r in rows.values()) == table["epochs_trained"].sum()
+
+    # The export: the top row's trial at its best epoch, from a checkpoint in that trial's own folder.
+    from tune_cifar.checkpoint import read_checkpoint
+    from tune_cifar.export import find_best, read_export
+
+    best = table.iloc[0]
+    exp = read_export(find_best(tmp_path / "outputs"))
+    assert exp.metrics["trial_id"] == best["trial_id"] and exp.metrics["epoch"] == best["best_epoch"]
+    assert exp.metrics["accuracy/val"] == pytest.approx(best["accuracy/val"])
+    mine = rows[best["trial_id"]]
+    at_best = mine[(mine["training_iteration"] == best["best_epoch"])
+                   & (mine["accuracy/val"] == pytest.approx(best["accuracy/val"]))]
+    own = read_checkpoint(run_dir / f"trial_{best['trial_id']}" / at_best["checkpoint_dir_name"].iloc[-1] / "model.ckpt")
+    exported = exp.system.state_dict()
+    assert all((own["state_dict"][k] == v).all() for k, v in exported.items() if k in own["state_dict"])

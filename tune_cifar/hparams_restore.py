@@ -63,3 +63,15 @@ def apply_group(group: dict, built: dict) -> None:
         group["lr"] = restored_lr * built["initial_lr"] / restored_anchor
     else:  # no schedule anchor (or a zero one): the built rate
         group["lr"] = built["lr"]
+
+
+class LogLearningRate(pl.Callback):
+    """Logs the first param group's current rate at each validation epoch end as ``name`` (what a
+    PBT trial reports: its rate after an exploit shows the mutation took effect)."""
+
+    def __init__(self, name: str = "optimizer/lr") -> None:
+        self.name = name
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.optimizers:
+            pl_module.log(self.name, float(trainer.optimizers[0].param_groups[0]["lr"]))

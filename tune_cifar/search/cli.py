@@ -67,7 +67,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
 
     from ..config import config_from_dict
     from ..data import load_data
-    from . import study
+    from . import pbt, study
     from .registry import SCHEDULERS
     from .sampler import make_sampler
     from .trainable import train_trial
@@ -98,14 +98,19 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             tuner = tune.Tuner.restore(paths.ray_dir, trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
         else:
-            points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
-            searcher = study.NanSafeOptunaSearch(
-                space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
-                points_to_evaluate=points or None, storage=study.optuna_storage(s),
-                study_name=study.study_name(s))  # a persistent study if search.optuna_storage is set
-            scheduler = SCHEDULERS[s.scheduler.name](s)  # registry.py
+            param_space, keep = {}, s.checkpoints_to_keep
+            if s.scheduler.name == "pbt":  # with its own search algorithm: Ray's PBT takes no Optuna searcher
+                searcher, scheduler, param_space = pbt.search_parts(space)
+                keep = max(keep, pbt.MIN_CHECKPOINTS)  # a donor's latest checkpoint must outlive its restore
+            else:
+                points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
+                searcher = study.NanSafeOptunaSearch(
+                    space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
+                    points_to_evaluate=points or None, storage=study.optuna_storage(s),
+                    study_name=study.study_name(s))  # a persistent study if search.optuna_storage is set
+                scheduler = SCHEDULERS[s.scheduler.name](s)  # registry.py
             tuner = tune.Tuner(
-                trainable,
+                trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
                     num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
@@ -113,7 +118,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                     reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
                 run_config=tune.RunConfig(
                     name=paths.name, storage_path=paths.storage,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,
                                                             checkpoint_score_attribute=s.metric,
                                                             checkpoint_score_order=s.mode),
                     failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),

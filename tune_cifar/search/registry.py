@@ -79,3 +79,13 @@ def fifo(s):
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
+
+
+@register_scheduler("pbt")
+def pbt(s, space):
+    """Population-based training (pbt.py). Unlike the others it needs the space (its distributions are
+    the mutations) and replaces the Optuna searcher (Ray refuses one with PBT): run_search builds it,
+    with its search algorithm, through ``pbt.search_parts(space)``."""
+    from .pbt import make_scheduler
+
+    return make_scheduler(space)

@@ -1,7 +1,8 @@
 """Reports written into a search's run folder at the end (also after an interruption).
 
 - ``learning_curves.png``: every trial's validation metric by epoch; trials stopped early by ASHA
-  end in an ``x``, failed trials (error, non-finite loss) in a red ``v``.
+  end in an ``x``, failed trials (error, non-finite loss) in a red ``v``; a PBT exploit is a dashed
+  jump in the trial's colour from a star on its donor's point to the trial's next epoch.
 - ``parallel_coordinates.png``: one axis per hyperparameter plus the metric, one line per trial,
   coloured by the metric (log axes for log-uniform parameters, categories spread evenly; an
   inactive conditional parameter leaves a gap).
@@ -33,13 +34,31 @@ def _plt():
     return plt
 
 
+def _at(curve: pd.DataFrame | None, metric: str, epoch: int) -> float:
+    """A trial's last reported value at this epoch (NaN if none)."""
+    if curve is None or metric not in curve:
+        return math.nan
+    rows = curve[curve["training_iteration"] == epoch]
+    return float(rows[metric].iloc[-1]) if len(rows) else math.nan
+
+
 def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], metric: str, path: Path,
-                    max_epochs: int | None = None) -> Path:
-    """``curves``: trial id -> DataFrame with ``training_iteration`` and ``metric`` columns."""
+                    max_epochs: int | None = None, exploits: dict[str, list[dict]] | None = None) -> Path:
+    """``curves``: trial id -> DataFrame with ``training_iteration`` and ``metric`` columns; ``exploits``
+    (PBT): trial id -> [{donor, donor_epoch}, ...], drawn as a dashed jump from the donor's point."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5))
     cmap = plt.get_cmap("tab20")
-    marks = {"stopped": False, "failed": False}
+    marks = {"stopped": False, "failed": False, "exploit": False}
+    colors = {trial: cmap(i % 20) for i, trial in enumerate(sorted(curves))}
+    for trial, events in (exploits or {}).items():
+        for e in events:  # the trial continues from the donor's checkpoint at the donor's epoch
+            x0, x1 = e["donor_epoch"], e["donor_epoch"] + 1
+            y0, y1 = _at(curves.get(str(e["donor"])), metric, x0), _at(curves.get(trial), metric, x1)
+            if math.isfinite(y0):
+                ax.plot([x0, x1] if math.isfinite(y1) else [x0], [y0, y1] if math.isfinite(y1) else [y0], "--*",
+                        color=colors.get(trial, "grey"), ms=10, lw=1, markevery=[0])
+                marks["exploit"] = True
     for i, (trial, df) in enumerate(sorted(curves.items())):
         if df is None or not len(df) or metric not in df:
             continue
@@ -47,7 +66,7 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], met
              .drop_duplicates("training_iteration", keep="last").sort_values("training_iteration"))
         x, y = d["training_iteration"].to_numpy(float), d[metric].to_numpy(float)
         st = status.get(trial, "")
-        color = cmap(i % 20)
+        color = colors[trial]
         ax.plot(x, y, "-o", color=color, ms=3, lw=1.2, alpha=0.9, label=trial if len(curves) <= 12 else None)
         finite = np.isfinite(y)
         if st == STOPPED and finite.any():
@@ -63,6 +82,8 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], met
         ax.plot([], [], "x", color="black", ms=9, mew=2, label="stopped early (ASHA)")
     if marks["failed"]:
         ax.plot([], [], "v", color="red", ms=9, label="failed (error / non-finite loss)")
+    if marks["exploit"]:
+        ax.plot([], [], "--*", color="grey", ms=10, lw=1, label="exploit (PBT): copies the starred trial's weights")
     ax.set_xlabel("epoch (training_iteration)")
     ax.set_ylabel(metric)
     if max_epochs:
@@ -134,11 +155,12 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, mo
     return path
 
 
-def write_reports(run_dir: Path, table: pd.DataFrame, curves: dict[str, pd.DataFrame], space) -> list[Path]:
+def write_reports(run_dir: Path, table: pd.DataFrame, curves: dict[str, pd.DataFrame], space,
+                  exploits: dict[str, list[dict]] | None = None) -> list[Path]:
     """Both plots into ``run_dir``; returns their paths."""
     s = space.search
     status = dict(zip(table["trial_id"].astype(str), table["status"])) if len(table) else {}
-    out = [learning_curves(curves, status, s.metric, Path(run_dir) / CURVES, s.scheduler.max_epochs)]
+    out = [learning_curves(curves, status, s.metric, Path(run_dir) / CURVES, s.scheduler.max_epochs, exploits)]
     params = [p.key for p in space.params]
     log_params = {p.key for p in space.params if any(d.kind == "loguniform" for d in p.dists.values())}
     if len(table):

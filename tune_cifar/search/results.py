@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from . import storage
+from . import pbt, storage
 from .space import SearchSpace
 
 log = logging.getLogger("tune_cifar")
@@ -90,7 +90,32 @@ def _chain(error):
 
 
 def trial_id_of(result) -> str:
-    return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+    # the folder first: after a PBT exploit a trial's last metrics are its donor's (trial_id included)
+    name = Path(result.path).name if result.path else ""
+    return name.removeprefix("trial_") if name.startswith("trial_") else (result.metrics or {}).get("trial_id")
+
+
+def exploits(space: SearchSpace, grid) -> dict[str, list[dict]]:
+    """PBT's exploit events by trial id, from the run folder that holds every trial's folder."""
+    if space.search.scheduler.name != "pbt" or not len(grid):
+        return {}
+    return pbt.exploit_events(Path(grid[0].path).parent)
+
+
+def _last_config(result, events: list[dict] | None) -> dict:
+    """A trial's config at its end: after a PBT exploit, the one it was given (Ray's result then carries
+    the donor's last report, config included)."""
+    return {**(result.config or {}), **events[-1]["config"]} if events else (result.config or {})
+
+
+def exportable_rows(df):
+    """A trial's reports without those whose checkpoint folder a later report of the trial reused: a PBT
+    trial that reports once more after an exploit was decided restarts its checkpoint count from the
+    last one Ray registered, so that report's checkpoint is overwritten (only the later weights exist)."""
+    if df is None or "checkpoint_dir_name" not in df:
+        return df
+    named = df["checkpoint_dir_name"].notna()
+    return df[~named | ~df["checkpoint_dir_name"].duplicated(keep="last")]
 
 
 def _best_index(values, mode: str):
@@ -109,8 +134,12 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
 
     s, rows = space.search, []
     left = unfinished(statuses or {})  # ids of trials an interruption left running or pending
+    is_pbt = s.scheduler.name == "pbt"
+    events = exploits(space, grid)
     for result in grid:
         df = result.metrics_dataframe
+        trained = len(df) if df is not None else 0
+        df = exportable_rows(df)
         has = df is not None and len(df) and s.metric in df
         values = df[s.metric].astype(float) if has else pd.Series(dtype=float)
         best_i = _best_index(values, s.mode)
@@ -128,13 +157,16 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
             "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
             "epochs": epochs,
             "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
+            **({"epochs_trained": trained, "exploits": len(events.get(trial_id, [])),
+                "cloned_from": pbt.describe_exploits(events.get(trial_id, []))} if is_pbt else {}),
             **({PEAK_GPU: round(float(df[PEAK_METRIC].max()), 1)} if has and PEAK_METRIC in df else {}),
             **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
-               for k, v in space.values(result.config or {}).items()},
+               for k, v in space.values(_last_config(result, events.get(trial_id))).items()},
             "error": describe_error(result.error) if result.error else reason,
         })
     peak = [PEAK_GPU] if any(PEAK_GPU in r for r in rows) else []  # trials on a GPU
-    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *peak,
+    pbt_columns = ["epochs_trained", "exploits", "cloned_from"] if is_pbt else []
+    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *pbt_columns, *peak,
                *(p.key for p in space.params), "error"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
@@ -150,6 +182,8 @@ def export_choice(space: SearchSpace, grid, table):
     for row in table[table["status"].isin(EXPORTED) & table[s.metric].notna()].to_dict("records"):
         result = results[row["trial_id"]]
         kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("training_iteration") == row["best_epoch"]]
+        name = _best_checkpoint_name(result, s)  # under PBT an epoch number can recur in a trial (after an exploit)
+        kept = ([(c, m) for c, m in kept if Path(c.path).name == name] or kept) if name else kept
         if kept:
             return result, *kept[-1]
         try:  # that epoch's checkpoint is gone (e.g. checkpoints_to_keep): the trial's best one kept
@@ -160,11 +194,26 @@ def export_choice(space: SearchSpace, grid, table):
     return None
 
 
+def _best_checkpoint_name(result, s) -> str | None:
+    """The checkpoint folder Ray recorded with the trial's best report (None if not recorded)."""
+    df = exportable_rows(result.metrics_dataframe)
+    if df is None or not len(df) or s.metric not in df or "checkpoint_dir_name" not in df:
+        return None
+    i = _best_index(df[s.metric].astype(float), s.mode)
+    name = df.loc[i, "checkpoint_dir_name"] if i is not None else None
+    return name if isinstance(name, str) else None
+
+
+def _trial_epochs(table) -> int:
+    """Epochs trained by all trials (under PBT not those inherited: a trial continues from its donor's epoch)."""
+    return int(table["epochs_trained" if "epochs_trained" in table else "epochs"].sum()) if len(table) else 0
+
+
 def summary_text(space: SearchSpace, table, top: int = 5) -> str:
     s = space.search
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     head = (f"{len(table)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}), "
-            f"{int(table['epochs'].sum()) if len(table) else 0} trial-epochs; top {min(top, len(table))} "
+            f"{_trial_epochs(table)} trial-epochs; top {min(top, len(table))} "
             f"by {s.metric} ({s.mode}):")
     cols = [c for c in table.columns if c != "error"]
     return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
@@ -188,7 +237,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     print(summary_text(space, table), flush=True)
     print(f"results: {run_dir / 'results.csv'}")
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
-           "trial_epochs": int(table["epochs"].sum()) if len(table) else 0,
+           "trial_epochs": _trial_epochs(table),
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
     if interrupted:
         storage.upload_reports(paths)
@@ -203,7 +252,8 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
                         f"exported (see {run_dir}){reason}")
 
     best, checkpoint, reported = chosen
-    values = space.values(best.config)
+    # the config in effect at that checkpoint (a PBT trial's config changes at each exploit), else the last one
+    values = space.values(reported["config"] if isinstance(reported.get("config"), dict) else best.config)
     cfg = space.trial_config(values)
     metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
                **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
@@ -229,7 +279,7 @@ def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
         curves = {}
         for result in grid:
             curves[str(trial_id_of(result))] = result.metrics_dataframe
-        return [str(p) for p in plots(run_dir, table, curves, space)]
+        return [str(p) for p in plots(run_dir, table, curves, space, exploits(space, grid))]
     except Exception as err:  # the results matter more than the pictures
         log.warning("could not write the plots: %s", err)
         return []

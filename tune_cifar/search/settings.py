@@ -29,10 +29,15 @@ class Resources:
 
 @dataclass
 class Scheduler:
-    name: str = "asha"  # a registered scheduler: asha, fifo (registry.py)
+    name: str = "asha"  # a registered scheduler: asha, fifo, pbt (registry.py)
     max_epochs: int = 10  # every trial's trainer.max_epochs; ASHA's max_t
     grace_period: int = 1  # ASHA: epochs before a trial can be stopped
     reduction_factor: float = 3.0  # ASHA: keep 1/reduction_factor of trials at each rung
+    perturbation_interval: int = 2  # PBT: epochs between a trial's exploit/explore decisions
+    burn_in_period: int = 0  # PBT: epochs before the first one
+    quantile_fraction: float = 0.25  # PBT: the bottom fraction copies the top fraction
+    resample_probability: float = 0.25  # PBT: a mutated value is drawn anew instead of scaled / shifted
+    synch: bool = False  # PBT: wait for the whole population at each interval (Ray's synchronous PBT)
 
 
 @dataclass
@@ -98,6 +103,10 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         if not ok:
             value = get_dotted(dataclasses.asdict(s), key)
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
+    if s.scheduler.name == "pbt":
+        from .pbt import check_settings
+
+        check_settings(where, s)
     return s
 
 

@@ -406,6 +406,10 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     refs = {k for p in params.values() for k in [*p.when, *([p.depends_on] if p.depends_on else [])]}
     context = {k: get_dotted(base, k) for k in refs | set(params)}
     space = SearchSpace(where, base, [p for p in params.values() if p not in fixed], search, context)
+    if search.scheduler.name == "pbt":
+        from .pbt import check_space
+
+        check_space(space)
     for i, point in enumerate(search.searcher.points_to_evaluate):
         if not isinstance(point, dict):
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")

@@ -18,6 +18,8 @@ from ..config import Config
 from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
+from ..hparams_restore import KeepConfiguredHyperparameters, LogLearningRate
+from .pbt import LR_METRIC
 from .results import STOP_REASON
 from .space import SearchSpace
 from ..training import WorkerMemory, fit, quiet, release_memory
@@ -46,7 +48,7 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     failure, stopped, exit_code = None, False, None
     try:
-        _fit(cfg, arrays, values)
+        _fit(cfg, arrays, values, pbt=space.search.scheduler.name == "pbt")
     except NonFiniteLoss as err:
         failure = str(err)
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
@@ -60,12 +62,15 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
         tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: failure})
 
 
-def _fit(cfg: Config, arrays: ImageArrays, values: dict) -> None:
-    """One Lightning fit reporting each validation epoch; a retried trial resumes from its checkpoint."""
+def _fit(cfg: Config, arrays: ImageArrays, values: dict, pbt: bool = False) -> None:
+    """One Lightning fit reporting each validation epoch; a retried trial resumes from its checkpoint,
+    a PBT trial from its donor's (with its own, mutated, optimizer values: KeepConfiguredHyperparameters)."""
     memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
-    report = TuneReportCheckpointCallback(metrics=[*reported_metrics(cfg), *memory.names], filename=CHECKPOINT_FILE,
-                                          on="validation_end")
-    callbacks = [memory, report, *trial_callbacks(values, tune.get_context().get_trial_id())]
+    rate = [LogLearningRate(LR_METRIC)] if pbt else []
+    report = TuneReportCheckpointCallback(metrics=[*reported_metrics(cfg), *memory.names, *(r.name for r in rate)],
+                                          filename=CHECKPOINT_FILE, on="validation_end")
+    callbacks = [KeepConfiguredHyperparameters(), memory, *rate, report,
+                 *trial_callbacks(values, tune.get_context().get_trial_id())]
     checkpoint = tune.get_checkpoint()
     with resource_errors():
         if checkpoint is None:
