@@ -142,6 +142,7 @@ def data_root(tmp_path_factory) -> Path:
 def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tmp_path, data_root):
     import json
 
+    import numpy as np
     import pandas as pd
     import ray
 
@@ -170,6 +171,8 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
     assert by_id["exploits"].sum() == len(events) and set(by_id.index) == set(rows)
     for e in events:
         assert e["donor"] in by_id.index and e["donor"] in by_id.loc[e["trial_id"], "cloned_from"]
+    for trial_id, trial_events in pd.DataFrame(events).groupby("trial_id"):  # its last config, not its donor's
+        assert by_id.loc[trial_id, "optimizer.lr"] == pytest.approx(trial_events["config"].iloc[-1]["optimizer.lr"])
     assert (run_dir / "learning_curves.png").is_file()
 
     # The mutation survived the restore: the epoch after an exploit trained at the NEW config's rate,
@@ -195,7 +198,130 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
     assert exp.metrics["accuracy/val"] == pytest.approx(best["accuracy/val"])
     mine = rows[best["trial_id"]]
     at_best = mine[(mine["training_iteration"] == best["best_epoch"])
-                   & (mine["accuracy/val"] == pytest.approx(best["accuracy/val"]))]
+                   & np.isclose(mine["accuracy/val"], best["accuracy/val"])]
     own = read_checkpoint(run_dir / f"trial_{best['trial_id']}" / at_best["checkpoint_dir_name"].iloc[-1] / "model.ckpt")
     exported = exp.system.state_dict()
     assert all((own["state_dict"][k] == v).all() for k, v in exported.items() if k in own["state_dict"])
+
+
+# --------------------------------------------------------------------------- fast checks of the parts
+
+
+@pytest.mark.parametrize("key, spec", [
+    ("model.model_name", {"choice": ["tiny_cnn", "small_cnn"]}),
+    ("data.train_batch_size", {"choice": [32, 64]}),
+    ("optimizer.optimizer", {"choice": ["sgd", "adamw"]}),
+    ("optimizer.scheduler.name", {"choice": ["cosine", "none"]}),
+])
+def test_pbt_refuses_a_parameter_that_cannot_change_in_mid_training(tmp_path, data_root, key, spec):
+    from tune_cifar.errors import UserError
+    from tune_cifar.search.space import load_space
+
+    path = pbt_space(tmp_path, data_root, params={"optimizer.lr": {"loguniform": [1e-4, 0.1]}, key: spec})
+    with pytest.raises(UserError) as err:
+        load_space(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: params.{key} cannot change in mid-training") and "\n" not in msg
+    assert "allowed under pbt: optimizer.lr, optimizer.weight_decay, optimizer.momentum, task.label_smoothing, " \
+           "data.augment.*" in msg
+
+
+def test_pbt_space_from_the_command_line_exits_2_in_one_line(tmp_path, data_root):
+    """The user's path: the console entry, a bad PBT space, exit 2, one line, nothing created."""
+    import subprocess
+    import sys
+
+    path = pbt_space(tmp_path, data_root, params={"optimizer.lr": {"loguniform": [1e-4, 0.1]},
+                                                 "model.model_name": {"choice": ["tiny_cnn", "small_cnn"]}})
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.search", str(path)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "params.model.model_name cannot change in mid-training" in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("search, refused", [
+    ({"searcher": {"name": "tpe"}}, "search.searcher.name='tpe' is not allowed; allowed: random under pbt"),
+    ({"max_concurrent_trials": 2}, "search.max_concurrent_trials=2 is not allowed; allowed: null under pbt"),
+    ({"scheduler": {"name": "pbt", "quantile_fraction": 0.6}},
+     "search.scheduler.quantile_fraction=0.6 is not allowed; allowed: > 0 and <= 0.5"),
+    ({"scheduler": {"name": "pbt", "perturbation_interval": 0}},
+     "search.scheduler.perturbation_interval=0 is not allowed; allowed: an integer >= 1 (epochs)"),
+])
+def test_pbt_settings_are_checked(tmp_path, data_root, search, refused):
+    from tune_cifar.errors import UserError
+    from tune_cifar.search.space import load_space
+
+    with pytest.raises(UserError, match="^" + __import__("re").escape(f"{tmp_path / 'pbt.yaml'}: {refused}")):
+        load_space(pbt_space(tmp_path, data_root, search))
+
+
+def test_condition_on_a_sampled_key_is_refused_but_one_on_a_fixed_value_resolves(tmp_path, data_root):
+    from tune_cifar.errors import UserError
+    from tune_cifar.search import pbt
+    from tune_cifar.search.space import load_space
+
+    with pytest.raises(UserError, match=r"params\.data\.augment\.cutout depends on the sampled data\.augment\.flip"):
+        load_space(pbt_space(tmp_path, data_root, params={
+            "data.augment.flip": {"choice": [True, False]},
+            "data.augment.cutout": {"int": [0, 8], "when": {"data.augment.flip": True}}}))
+    space = load_space(pbt_space(tmp_path, data_root, base=["optimizer=sgd"], params={  # sgd: nesterov true
+        "optimizer.optimizer": "sgd",
+        "optimizer.lr": {"depends_on": "optimizer.optimizer", "loguniform": {"sgd": [1e-3, 0.3]}},
+        "optimizer.momentum": {"uniform": [0.5, 0.95], "when": {"optimizer.optimizer": "sgd"}},
+        "optimizer.weight_decay": {"loguniform": [1e-5, 1e-2], "when": {"optimizer.nesterov": False}},
+        "data.augment.crop_padding": {"qint": [0, 8, 4]}}))
+    assert sorted(pbt.distributions(space)) == ["data.augment.crop_padding", "optimizer.lr", "optimizer.momentum"]
+    scheduler = pbt.make_scheduler(space)
+    mutations = scheduler._hyperparam_mutations
+    assert mutations["data.augment.crop_padding"] == [0, 4, 8]  # a choice PBT moves to a neighbour
+    assert (mutations["optimizer.lr"].lower, mutations["optimizer.lr"].upper) == (1e-3, 0.3)
+    clip = scheduler._custom_explore_fn  # Ray scales by 0.8 / 1.2 without bounds
+    assert clip({"optimizer.lr": 0.36, "optimizer.momentum": 0.4}) == {"optimizer.lr": 0.3, "optimizer.momentum": 0.5}
+    assert set(pbt.param_space(space)) == set(mutations)
+
+
+def test_results_table_and_export_of_pbt_trials(tmp_path, data_root):
+    """Exploits from the run folder's log; a trial's id from its folder (its last metrics are its donor's);
+    a report whose checkpoint folder a later report reused is never the best (its weights are gone)."""
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tune_cifar.search.results import export_choice, results_table, write_reports
+    from tune_cifar.search.space import load_space
+
+    space = load_space(pbt_space(tmp_path, data_root))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pbt_exploits.jsonl").write_text(
+        json.dumps({"trial_id": "b", "epoch": 2, "donor": "a", "donor_epoch": 2, "config": {"optimizer.lr": 0.02}})
+        + "\n" + '{"trial_id": "b", "epo')  # a line cut by a kill is skipped
+
+    def result(trial_id, accs, its, names, config, metrics_of):
+        df = pd.DataFrame({"training_iteration": its, "accuracy/val": accs, "checkpoint_dir_name": names,
+                           "time_total_s": [float(i) for i in range(len(its))]})
+        kept = [(SimpleNamespace(path=str(run / f"trial_{trial_id}" / n)),
+                 {"training_iteration": i, "accuracy/val": a, "config": config})
+                for i, a, n in zip(its, accs, names)][-2:]  # what Ray registered and kept
+        return SimpleNamespace(metrics_dataframe=df, metrics={"trial_id": metrics_of}, error=None, config=config,
+                               path=str(run / f"trial_{trial_id}"), best_checkpoints=kept)
+
+    a = result("a", [0.5, 0.8, 0.85], [1, 2, 3], ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"],
+               {"optimizer.lr": 0.01, "task.label_smoothing": 0.1}, "a")
+    # b: reported epoch 3 once more after the exploit was decided (0.95, checkpoint_000002), then continued
+    # from a's epoch 2 and reused that folder for its epoch 3 (0.6)
+    b = result("b", [0.3, 0.4, 0.95, 0.6], [1, 2, 3, 3],
+               ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002", "checkpoint_000002"],
+               {"optimizer.lr": 0.02, "task.label_smoothing": 0.1}, "a")
+    table = results_table(space, [a, b]).set_index("trial_id")
+    assert list(table.index) == ["a", "b"]  # not b's 0.95: that checkpoint was overwritten
+    assert table.loc["b", "accuracy/val"] == 0.6 and table.loc["b", "epochs_trained"] == 4
+    assert (table.loc["b", "exploits"], table.loc["b", "cloned_from"]) == (1, "a@2")
+    assert table.loc["a", "exploits"] == 0
+    chosen, checkpoint, reported = export_choice(space, [a, b], table.reset_index())
+    assert chosen is a and checkpoint.path.endswith("trial_a/checkpoint_000002")
+    assert write_reports(space, [a, b], table.reset_index(), run)  # the plot with the exploit drawn
+    assert (run / "learning_curves.png").stat().st_size > 0
