@@ -325,3 +325,28 @@ def test_results_table_and_export_of_pbt_trials(tmp_path, data_root):
     assert chosen is a and checkpoint.path.endswith("trial_a/checkpoint_000002")
     assert write_reports(space, [a, b], table.reset_index(), run)  # the plot with the exploit drawn
     assert (run / "learning_curves.png").stat().st_size > 0
+
+
+def test_each_exploit_is_logged_by_ray_and_by_trial_id(tmp_path, data_root):
+    """RecordingPBT keeps Ray's pbt_global.txt / pbt_policy_<id>.txt and adds the event by trial id."""
+    import json
+    from types import SimpleNamespace
+
+    from tune_cifar.search import pbt
+    from tune_cifar.search.space import load_space
+
+    scheduler = pbt.make_scheduler(load_space(pbt_space(tmp_path, data_root)))
+
+    def trial(trial_id, epoch, lr):
+        return SimpleNamespace(trial_id=trial_id, local_experiment_path=str(tmp_path), local_dir=str(tmp_path),
+                               last_result={"training_iteration": epoch},
+                               config={"optimizer.lr": lr, "task.label_smoothing": 0.1})
+
+    recipient, donor = trial("r_00001", 2, 1e-5), trial("d_00000", 3, 0.01)
+    new = {"optimizer.lr": 0.012, "task.label_smoothing": 0.08}
+    scheduler._log_config_on_step(SimpleNamespace(orig_tag="1_x"), SimpleNamespace(orig_tag="0_y"),
+                                  recipient, donor, new)
+    assert json.loads((tmp_path / pbt.GLOBAL_LOG).read_text())[:4] == ["1_x", "0_y", 2, 3]
+    assert (tmp_path / "pbt_policy_r_00001.txt").is_file()
+    assert pbt.exploit_events(tmp_path) == {"r_00001": [{"trial_id": "r_00001", "epoch": 2, "donor": "d_00000",
+                                                         "donor_epoch": 3, "config": new}]}
