@@ -155,14 +155,14 @@ def test_config_dir_must_be_a_folder(tmp_path):
 def test_search_space_by_path_or_bundled_name(tmp_path, monkeypatch):
     from tune_cifar.packaged import SPACES_DIR, bundled_spaces, find_space
 
-    assert bundled_spaces() == ["cpu_small", "optimizers", "resnet"]
+    assert bundled_spaces() == ["cpu_small", "optimizers", "pbt_cpu_small", "resnet"]
     monkeypatch.chdir(tmp_path)
     assert find_space("cpu_small") == find_space("cpu_small.yaml") == SPACES_DIR / "cpu_small.yaml"
     (tmp_path / "cpu_small.yaml").write_text("mine")
     assert find_space("cpu_small.yaml") == tmp_path.joinpath("cpu_small.yaml").relative_to(tmp_path)  # a file wins
     assert find_space("search_spaces/nope.yaml").as_posix() == "search_spaces/nope.yaml"  # left to the loader
     with pytest.raises(UserError, match=r"^nope: no such search-space file here and no bundled space of that "
-                                        r"name; bundled: cpu_small, optimizers, resnet$"):
+                                        r"name; bundled: cpu_small, optimizers, pbt_cpu_small, resnet$"):
         find_space("nope")
 
 
