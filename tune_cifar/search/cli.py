@@ -1,8 +1,8 @@
 """Hyperparameter search: ``python -m tune_cifar.search SPACE.yaml [overrides] [options]``.
 
-Runs Ray Tune trials (Optuna TPE or random search, ASHA or FIFO scheduling) over the
-parameters of a search-space file (schema: search_spaces/README.md), then exports the best
-trial's best checkpoint. Overrides are Hydra-style for the base config (``model=small_cnn``,
+Runs Ray Tune trials (Optuna TPE or random search, ASHA or FIFO scheduling; or population-based
+training) over the parameters of a search-space file (schema: search_spaces/README.md), then
+exports the best trial's best checkpoint. Overrides are Hydra-style for the base config (``model=small_cnn``,
 ``data.train_subset=5000``) or ``search.key=value`` for the file's search section.
 
 Outputs under ``<storage_path>/<experiment>/``: ``<timestamp>/`` (Ray's trials, results.csv,

@@ -56,8 +56,8 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], met
             x0, x1 = e["donor_epoch"], e["donor_epoch"] + 1
             y0, y1 = _at(curves.get(str(e["donor"])), metric, x0), _at(curves.get(trial), metric, x1)
             if math.isfinite(y0):
-                ax.plot([x0, x1] if math.isfinite(y1) else [x0], [y0, y1] if math.isfinite(y1) else [y0], "--*",
-                        color=colors.get(trial, "grey"), ms=10, lw=1, markevery=[0])
+                xs, ys = ([x0, x1], [y0, y1]) if math.isfinite(y1) else ([x0], [y0])  # y1: none if it ended at x0
+                ax.plot(xs, ys, "--*", color=colors.get(trial, "grey"), ms=10, lw=1, markevery=[0])
                 marks["exploit"] = True
     for i, (trial, df) in enumerate(sorted(curves.items())):
         if df is None or not len(df) or metric not in df:
@@ -67,7 +67,10 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], met
         x, y = d["training_iteration"].to_numpy(float), d[metric].to_numpy(float)
         st = status.get(trial, "")
         color = colors[trial]
-        ax.plot(x, y, "-o", color=color, ms=3, lw=1.2, alpha=0.9, label=trial if len(curves) <= 12 else None)
+        # no line into the epoch after an exploit: the weights there are the donor's (the dashed jump)
+        cuts = sorted({e["donor_epoch"] + 0.5 for e in (exploits or {}).get(trial, [])})
+        lx, ly = np.insert(x, np.searchsorted(x, cuts), cuts), np.insert(y, np.searchsorted(x, cuts), np.nan)
+        ax.plot(lx, ly, "-o", color=color, ms=3, lw=1.2, alpha=0.9, label=trial if len(curves) <= 12 else None)
         finite = np.isfinite(y)
         if st == STOPPED and finite.any():
             j = np.flatnonzero(finite)[-1]
