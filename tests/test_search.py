@@ -153,7 +153,7 @@ def test_a_registered_scheduler_and_searcher_are_one_function_each(tmp_path, dat
         return seen["sampler"]
 
     try:
-        with pytest.raises(UserError, match=r"search.scheduler.name='nope' is not allowed; allowed: asha, fifo, "
+        with pytest.raises(UserError, match=r"search.scheduler.name='nope' is not allowed; allowed: asha, fifo, pbt, "
                                             r"toy_fifo$"):
             load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "nope"}}))
         path = space_file(tmp_path, data_root, {"num_samples": 2, "max_concurrent_trials": 1,
@@ -170,7 +170,7 @@ def test_a_registered_scheduler_and_searcher_are_one_function_each(tmp_path, dat
     assert out["trials"] == 2 and out["trial_epochs"] == 4
     assert seen["results"] == 4  # two trials, two epochs each, all seen by the registered scheduler
     assert isinstance(seen["sampler"], optuna.samplers.RandomSampler)  # built by the registered function
-    with pytest.raises(UserError, match=r"allowed: asha, fifo$"):  # unregistered again
+    with pytest.raises(UserError, match=r"allowed: asha, fifo, pbt$"):  # unregistered again
         load_space(space_file(tmp_path, data_root, {"scheduler": {"name": "toy_fifo"}}))
 
 
