@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 
 from tune_cifar.hparams_restore import KeepConfiguredHyperparameters
-from tune_cifar.system import lr_factor
+from tune_cifar.optim import lr_factor
 
 
 class SaveAtFirstValidation(pl.Callback):
@@ -46,7 +46,7 @@ def _donor_and_resume(tiny_cfg, tmp_path, schedule: list[str], keep: bool) -> di
     """Train with lr=0.1, momentum 0.9, weight decay 5e-4 and checkpoint after epoch 1; resume that
     checkpoint with lr=0.01, momentum 0.5, weight decay 1e-3 (a PBT exploit + explore)."""
     from tune_cifar.data import load_data
-    from tune_cifar.trial import run_trial
+    from tune_cifar.training import fit as run_trial
 
     common = ["optimizer=sgd", "trainer.max_epochs=2", *schedule]
     donor = tiny_cfg(*common, "optimizer.lr=0.1", "optimizer.momentum=0.9", "optimizer.weight_decay=5e-4")

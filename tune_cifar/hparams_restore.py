@@ -8,6 +8,9 @@ callback the restored values silently undo the mutation. A plain resume of the s
 unchanged by it (the values it re-applies are the ones restored).
 
 No Ray here: the search's trainable adds it to every trial (a retried trial resumes the same way).
+The current rate is rescaled, not recomputed: exact for the schedules optim.py registers (LambdaLR
+factors, OneCycleLR), whose rate is proportional to the group's ``initial_lr``; a registered schedule
+without that property (e.g. CosineAnnealingLR with ``eta_min > 0``) would be restored approximately.
 """
 
 from __future__ import annotations
