@@ -350,3 +350,22 @@ def test_each_exploit_is_logged_by_ray_and_by_trial_id(tmp_path, data_root):
     assert (tmp_path / "pbt_policy_r_00001.txt").is_file()
     assert pbt.exploit_events(tmp_path) == {"r_00001": [{"trial_id": "r_00001", "epoch": 2, "donor": "d_00000",
                                                          "donor_epoch": 3, "config": new}]}
+
+
+def test_a_restarted_trials_truncated_result_json_is_read_from_progress_csv(tmp_path):
+    """Ray 2.60 can truncate result.json when a trial restarts from a checkpoint (seen after PBT exploits);
+    the results then read the trial's progress.csv, the longer record."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tune_cifar.search.results import trial_curve
+
+    folder = tmp_path / "trial_x"
+    folder.mkdir()
+    full = pd.DataFrame({"training_iteration": [1, 2, 3, 4], "accuracy/val": [0.9, 0.5, 0.6, 0.7]})
+    full.to_csv(folder / "progress.csv", index=False)
+    result = SimpleNamespace(path=str(folder), metrics_dataframe=full.iloc[2:].reset_index(drop=True))
+    assert trial_curve(result)["accuracy/val"].tolist() == [0.9, 0.5, 0.6, 0.7]
+    (folder / "progress.csv").write_text("")  # an empty file: Ray's own
+    assert len(trial_curve(result)) == 2

@@ -108,6 +108,24 @@ def _last_config(result, events: list[dict] | None) -> dict:
     return {**(result.config or {}), **events[-1]["config"]} if events else (result.config or {})
 
 
+def trial_curve(result):
+    """A trial's reports. Ray's ``metrics_dataframe`` reads the trial's result.json, which Ray 2.60 can
+    truncate when a trial restarts from a checkpoint (a PBT exploit, a retry) with local storage: it copies
+    the file from the storage path onto itself. Its progress.csv is then the longer record."""
+    import pandas as pd
+
+    df = result.metrics_dataframe
+    path = Path(result.path) / "progress.csv" if result.path else None
+    if path is not None and path.is_file():
+        try:
+            csv = pd.read_csv(path)
+        except (ValueError, OSError):  # empty or cut
+            return df
+        if df is None or len(csv) > len(df):
+            return csv
+    return df
+
+
 def exportable_rows(df):
     """A trial's reports without those whose checkpoint folder a later report of the trial reused: a PBT
     trial that reports once more after an exploit was decided restarts its checkpoint count from the
@@ -137,7 +155,7 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
     is_pbt = s.scheduler.name == "pbt"
     events = exploits(space, grid)
     for result in grid:
-        df = result.metrics_dataframe
+        df = trial_curve(result)
         trained = len(df) if df is not None else 0
         df = exportable_rows(df)
         has = df is not None and len(df) and s.metric in df
@@ -196,7 +214,7 @@ def export_choice(space: SearchSpace, grid, table):
 
 def _best_checkpoint_name(result, s) -> str | None:
     """The checkpoint folder Ray recorded with the trial's best report (None if not recorded)."""
-    df = exportable_rows(result.metrics_dataframe)
+    df = exportable_rows(trial_curve(result))
     if df is None or not len(df) or s.metric not in df or "checkpoint_dir_name" not in df:
         return None
     i = _best_index(df[s.metric].astype(float), s.mode)
@@ -278,7 +296,7 @@ def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
     try:
         curves = {}
         for result in grid:
-            curves[str(trial_id_of(result))] = result.metrics_dataframe
+            curves[str(trial_id_of(result))] = trial_curve(result)
         return [str(p) for p in plots(run_dir, table, curves, space, exploits(space, grid))]
     except Exception as err:  # the results matter more than the pictures
         log.warning("could not write the plots: %s", err)
