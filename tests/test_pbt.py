@@ -145,6 +145,7 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
     import numpy as np
     import pandas as pd
     import ray
+    import torch
 
     from tune_cifar.search.cli import run_search
     from tune_cifar.search.space import load_space
@@ -200,8 +201,9 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
     at_best = mine[(mine["training_iteration"] == best["best_epoch"])
                    & np.isclose(mine["accuracy/val"], best["accuracy/val"])]
     own = read_checkpoint(run_dir / f"trial_{best['trial_id']}" / at_best["checkpoint_dir_name"].iloc[-1] / "model.ckpt")
-    exported = exp.system.state_dict()
-    assert all((own["state_dict"][k] == v).all() for k, v in exported.items() if k in own["state_dict"])
+    exported = exp.classifier.state_dict()  # its keys are those of every checkpoint (model.*, mean, std)
+    assert any(k.startswith("model.") for k in exported)
+    assert all(torch.equal(own["state_dict"][k], v) for k, v in exported.items())
 
 
 # --------------------------------------------------------------------------- fast checks of the parts
