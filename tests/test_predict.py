@@ -118,6 +118,31 @@ def test_best_pointer_and_overrides(multiclass, tmp_path):
     assert list(_rows(tmp_path / "p" / "predictions.csv")[0])[-2:] == ["top2", "top2_prob"]
 
 
+def test_library_functions_take_the_frozen_options(multiclass, tmp_path):
+    """The steps of main, called as a library with predict.Options (no argparse), give the CLI's numbers;
+    every command-line argument has its Options field."""
+    import dataclasses
+
+    from tune_cifar.predict.cli import options_from_args, parse_args
+    from tune_cifar.predict.evaluation import evaluate
+    from tune_cifar.predict.settings import make_config
+
+    options = predict.Options(checkpoint=str(multiclass["checkpoint"]), out=str(tmp_path / "lib"),
+                              overrides=("data.test_subset=null",), top_k=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.top_k = 3  # type: ignore[misc]
+    loaded = predict.load(options)
+    r = evaluate(loaded, make_config(loaded, options), options, torch.device("cpu"), predict.Clock())
+    cli = predict.main(["--checkpoint", str(multiclass["checkpoint"]), "--out", str(tmp_path / "cli"),
+                        "--top-k", "2", "data.test_subset=null"])
+    assert r["data"]["samples"] == cli["data"]["samples"] == 60
+    assert r["accuracy"] == cli["accuracy"] and r["metrics"] == cli["metrics"]
+    args = parse_args(["--images", "a.png", "--top-k", "3", "x=1"])
+    fields = {f.name for f in dataclasses.fields(predict.Options)}
+    assert set(vars(args)) - {"best"} == fields  # --best is the default source, no field of its own
+    assert options_from_args(args) == predict.Options(images=("a.png",), top_k=3, overrides=("x=1",))
+
+
 def test_training_checkpoint_with_its_run_folder(multiclass):
     r = predict.main(["--checkpoint", str(multiclass["checkpoint"])])
     assert r["accuracy"] == pytest.approx(multiclass["result"]["test"]["accuracy/test"], abs=1e-6)
@@ -128,15 +153,14 @@ def test_training_checkpoint_with_its_run_folder(multiclass):
 def test_auto_precision_on_a_gpu_is_the_one_the_model_was_trained_with(multiclass):
     """A CPU run records 32-true: on a GPU, predict scores it in float32, not in bf16 autocast."""
     import dataclasses
-    from types import SimpleNamespace
 
-    from tune_cifar.predict import load_checkpoint
+    from tune_cifar.predict import Options, load_checkpoint
     from tune_cifar.predict.inference import autocast_for
     from tune_cifar.predict.settings import make_config
 
     loaded = load_checkpoint(Path(multiclass["checkpoint"]))
     assert loaded.hparams["trained_precision"] == "32-true"
-    cfg = make_config(loaded, SimpleNamespace(overrides=[], data_path=None, batch_size=None))
+    cfg = make_config(loaded, Options())
     assert cfg.trainer.precision == "auto"
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     assert loaded.precision(cfg, gpu) == "32-true" and loaded.precision(cfg, cpu) == "auto"

@@ -7,7 +7,8 @@ model on its dataset's test split (metrics.json, predictions.csv), classifies im
 converts it to ONNX / TorchScript (``--to``). The config is the model's config.yaml changed by ``--data-path``,
 ``--batch-size`` and ``key=value`` overrides; outputs go to ``--out`` or ``<folder holding the export, or run folder>/predict/<time>/``.
 
-Modules, in the order of a run: cli (arguments, main), loading (export or checkpoint, as a
+Modules, in the order of a run: cli (arguments, main; the arguments become one frozen options.Options that the
+library functions take), loading (export or checkpoint, as a
 tune_cifar.classifier.Classifier),
 settings (config), inference (decisions; batches run by tune_cifar.evaluation), then evaluation
 (tune_cifar.evaluation's test metrics, plus confusion matrix and predictions.csv), images
@@ -21,6 +22,7 @@ from __future__ import annotations
 from .clock import Clock  # noqa: I001
 from .cli import main
 from .inference import infer, pick_device
-from .loading import Loaded, load_checkpoint, load_export
+from .loading import Loaded, load, load_checkpoint, load_export
+from .options import Options
 
-__all__ = ["Clock", "Loaded", "infer", "load_checkpoint", "load_export", "main", "pick_device"]
+__all__ = ["Clock", "Loaded", "Options", "infer", "load", "load_checkpoint", "load_export", "main", "pick_device"]

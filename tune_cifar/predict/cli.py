@@ -14,6 +14,7 @@ from .evaluation import evaluate
 from .images import classify_images
 from .inference import pick_device
 from .loading import load
+from .options import Options
 from .output import warn
 from .settings import make_config
 
@@ -61,22 +62,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The parsed command line as the frozen :class:`Options` the library functions take."""
+    return Options(export=args.export, checkpoint=args.checkpoint, output_dir=args.output_dir, out=args.out,
+                   images=tuple(args.images or ()), to=args.to, data_path=args.data_path, threshold=args.threshold,
+                   top_k=args.top_k, batch_size=args.batch_size, device=args.device,
+                   overrides=tuple(args.overrides))
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    options = options_from_args(parse_args(sys.argv[1:] if argv is None else argv))
     clock = Clock()
-    loaded = load(args)
-    if loaded.config is not None and (args.images or args.to):
+    loaded = load(options)
+    if loaded.config is not None and (options.images or options.to):
         try:  # images need no data config: a config of an older version should not block them
             config_from_dict(loaded.config)
         except UserError as err:
             warn(f"the model's config.yaml does not validate ({err}); using the task settings saved "
                  f"with the weights")
             loaded.config = None
-    cfg = make_config(loaded, args)
-    if args.to:
-        return convert(loaded, cfg, args)
-    device = pick_device(args.device)
-    if args.images:
-        return classify_images(loaded, cfg, args, device, clock)
-    return evaluate(loaded, cfg, args, device, clock)
+    cfg = make_config(loaded, options)
+    if options.to:
+        return convert(loaded, cfg, options)
+    device = pick_device(options.device)
+    if options.images:
+        return classify_images(loaded, cfg, options, device, clock)
+    return evaluate(loaded, cfg, options, device, clock)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -14,14 +13,15 @@ from ..config import Config
 from ..errors import UserError
 from .inference import effective_threshold
 from .loading import Loaded
+from .options import Options
 from .output import make_out_dir
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # each with a model.<format>.json
 
 
-def convert(loaded: Loaded, cfg: Config, args: argparse.Namespace) -> dict:
+def convert(loaded: Loaded, cfg: Config, options: Options) -> dict:
     """Write the model as ONNX or TorchScript and check it against PyTorch on random images."""
-    fmt = args.to
+    fmt = options.to
     net = loaded.net.to("cpu").eval()
     (h, w), c = loaded.image_size, loaded.in_chans
     gen = torch.Generator().manual_seed(0)
@@ -29,7 +29,7 @@ def convert(loaded: Loaded, cfg: Config, args: argparse.Namespace) -> dict:
     check = torch.randint(0, 256, (3, c, h, w), dtype=torch.uint8, generator=gen)  # another batch size
     with torch.inference_mode():
         expected = net(check)
-    out_dir = make_out_dir(args, loaded)
+    out_dir = make_out_dir(options, loaded)
     file = out_dir / FORMATS[fmt]
     verified = True
     with warnings.catch_warnings():
@@ -58,7 +58,7 @@ def convert(loaded: Loaded, cfg: Config, args: argparse.Namespace) -> dict:
         "output": {"name": "logits", "shape": ["batch", int(expected.shape[1])],
                    "to_probabilities": "softmax" if loaded.kind == "multiclass" else "sigmoid"},
         "task": loaded.kind, "classes": loaded.classes,
-        "threshold": None if loaded.kind == "multiclass" else effective_threshold(args, cfg, loaded.kind),
+        "threshold": None if loaded.kind == "multiclass" else effective_threshold(options, cfg, loaded.kind),
         "source": str(loaded.source), "model": loaded.model_name,
     }
     described = out_dir / f"model.{fmt}.json"

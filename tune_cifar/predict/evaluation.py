@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -19,6 +18,7 @@ from .clock import Clock
 from .inference import (class_probs, decide, effective_threshold, label_text, probabilities, top_k_cells,
                         top_k_header)
 from .loading import Loaded
+from .options import Options
 from .output import PRINT_ROWS, make_out_dir
 
 
@@ -61,13 +61,13 @@ def compute_metrics(logits: torch.Tensor, y: torch.Tensor, loaded: Loaded, thres
     return out
 
 
-def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torch.device, clock: Clock) -> dict:
-    threshold = effective_threshold(args, cfg, loaded.kind)
+def evaluate(loaded: Loaded, cfg: Config, options: Options, device: torch.device, clock: Clock) -> dict:
+    threshold = effective_threshold(options, cfg, loaded.kind)
     scored = score(loaded.net, cfg, device=device, threshold=threshold, on_batch=clock.batch_done,
                    hint="; evaluate it on data with its classes (--data-path, data.* overrides)",
                    metrics=cfg.task.metrics)  # the model's config.yaml's, or as changed on the command line
     ids, logits, y = scored.ids, scored.logits, scored.y
-    out_dir = make_out_dir(args, loaded)
+    out_dir = make_out_dir(options, loaded)
     result = compute_metrics(logits, y, loaded, threshold, scored.metrics)
     d = cfg.data
     summary = {
@@ -81,7 +81,7 @@ def evaluate(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torc
         "timing": clock.as_dict(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    write_dataset_predictions(out_dir / "predictions.csv", ids, logits, y, loaded, threshold, args.top_k)
+    write_dataset_predictions(out_dir / "predictions.csv", ids, logits, y, loaded, threshold, options.top_k)
     print_evaluation(summary, out_dir)
     summary["out_dir"] = str(out_dir)
     return summary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ from .clock import Clock
 from .inference import (class_probs, decide, effective_threshold, infer, label_text, probabilities,
                         top_k_cells, top_k_header)
 from .loading import Loaded
+from .options import Options
 from .output import PRINT_ROWS, make_out_dir, warn
 
 
@@ -52,12 +52,12 @@ def read_image(path: Path, in_chans: int, size_hw: tuple[int, int]) -> np.ndarra
     return arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
 
 
-def classify_images(loaded: Loaded, cfg: Config, args: argparse.Namespace, device: torch.device,
+def classify_images(loaded: Loaded, cfg: Config, options: Options, device: torch.device,
                     clock: Clock) -> dict:
     if loaded.in_chans not in (1, 3, 4):
         raise UserError(f"--images needs a model taking 1, 3 or 4 channels; this one takes {loaded.in_chans}")
-    threshold = effective_threshold(args, cfg, loaded.kind)
-    files, problems = collect_images(args.images)
+    threshold = effective_threshold(options, cfg, loaded.kind)
+    files, problems = collect_images(options.images)
     for name, why in problems:
         warn(f"skipped {name}: {why}")
     batch_size = cfg.data.inference_batch_size
@@ -85,13 +85,13 @@ def classify_images(loaded: Loaded, cfg: Config, args: argparse.Namespace, devic
             rows.append((str(f), p, ""))
     classified = [r for r in rows if r[1] is not None]
     if not classified:
-        raise UserError(f"no readable images among {len(files)} file(s) in {' '.join(args.images)} "
+        raise UserError(f"no readable images among {len(files)} file(s) in {' '.join(options.images)} "
                         f"(PNG/JPEG; folders are searched for {'/'.join(IMAGE_SUFFIXES)})")
     order = {str(f): i for i, f in enumerate(files)}
     rows.sort(key=lambda r: order.get(r[0], -1))
-    out_dir = make_out_dir(args, loaded)
+    out_dir = make_out_dir(options, loaded)
     classes, kind = loaded.classes, loaded.kind
-    k = min(args.top_k, len(classes))
+    k = min(options.top_k, len(classes))
     printed = 0
     with open(out_dir / "predictions.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -3,7 +3,6 @@ mixed precision are tune_cifar.evaluation's; probabilities and decisions the Cla
 
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
 import torch
@@ -12,6 +11,7 @@ from ..classifier import decide, probabilities  # noqa: F401 - predict's modules
 from ..config import Config
 from ..errors import UserError
 from ..evaluation import autocast_for, infer, pick_device, run_precision  # noqa: F401 - likewise
+from .options import Options
 
 
 def class_probs(probs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -37,13 +37,13 @@ def top_k_header(k: int) -> list[str]:
     return [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_prob")]
 
 
-def effective_threshold(args: argparse.Namespace, cfg: Config, kind: str) -> float | None:
+def effective_threshold(options: Options, cfg: Config, kind: str) -> float | None:
     if kind == "multiclass":
-        if args.threshold is not None:
+        if options.threshold is not None:
             raise UserError("--threshold applies to binary and multilabel models; this one is multiclass "
                             "(the most probable class is predicted)")
         return None
-    threshold = cfg.task.threshold if args.threshold is None else args.threshold
+    threshold = cfg.task.threshold if options.threshold is None else options.threshold
     if not 0.0 < threshold < 1.0:
         raise UserError(f"--threshold {threshold} must be between 0 and 1")
     return threshold

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from ..classifier import Classifier
 from ..errors import UserError
 from ..evaluation import run_precision
 from ..export import MANIFEST, find_best, read_export, read_json, read_yaml
+from .options import Options
 
 
 @dataclass
@@ -97,9 +97,9 @@ def load_checkpoint(path: Path) -> Loaded:
     return Loaded(path, "checkpoint", net, config, reported, home=run_dir.resolve())
 
 
-def load(args: argparse.Namespace) -> Loaded:
-    if args.export:
-        return load_export(Path(args.export))
-    if args.checkpoint:
-        return load_checkpoint(Path(args.checkpoint))
-    return load_export(find_best(args.output_dir))
+def load(options: Options) -> Loaded:
+    if options.export:
+        return load_export(Path(options.export))
+    if options.checkpoint:
+        return load_checkpoint(Path(options.checkpoint))
+    return load_export(find_best(options.output_dir))

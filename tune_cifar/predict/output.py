@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from ..errors import UserError
 from .loading import Loaded
+from .options import Options
 
 PRINT_ROWS = 20  # at most this many image predictions / confusion-matrix classes are printed
 
 
-def make_out_dir(args: argparse.Namespace, loaded: Loaded) -> Path:
-    if args.out:
-        out = Path(args.out)
+def make_out_dir(options: Options, loaded: Loaded) -> Path:
+    if options.out:
+        out = Path(options.out)
     else:
         parent = loaded.home / "predict"
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..config import Config, config_from_dict, parse_override, set_dotted
 from ..errors import UserError
 from .loading import Loaded
+from .options import Options
 
 
-def make_config(loaded: Loaded, args: argparse.Namespace) -> Config:
+def make_config(loaded: Loaded, options: Options) -> Config:
     """The model's training config, changed by --data-path, --batch-size and key=value overrides."""
     if loaded.config is not None:
         data = loaded.config
@@ -21,11 +21,11 @@ def make_config(loaded: Loaded, args: argparse.Namespace) -> Config:
         data["task"] = {k: v for k, v in loaded.hparams["task"].items() if k != "metrics"}
         data["optimizer"]["metrics"] = dict(loaded.net.task.metrics)  # written as users write them
     data = json.loads(json.dumps(data))  # deep copy
-    pairs = [parse_override(item) for item in args.overrides]
-    if args.data_path is not None:
-        pairs.insert(0, ("data.dataset_path", args.data_path))
-    if args.batch_size is not None:
-        pairs.insert(0, ("data.inference_batch_size", args.batch_size))
+    pairs = [parse_override(item) for item in options.overrides]
+    if options.data_path is not None:
+        pairs.insert(0, ("data.dataset_path", options.data_path))
+    if options.batch_size is not None:
+        pairs.insert(0, ("data.inference_batch_size", options.batch_size))
     for key, value in pairs:
         section = data.get(key) if "." not in key else None
         if isinstance(section, dict) and not isinstance(value, dict):
