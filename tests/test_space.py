@@ -264,6 +264,15 @@ def test_base_model_and_metrics_are_checked_before_any_trial(tmp_path):
         load_space(good, ["+optimizer.metrics.f2={}"])
 
 
+def test_search_metric_is_one_the_trials_log(tmp_path):
+    """search.metric is checked against the names training logs (tune_cifar.metrics.logged_keys): a metric
+    added to the base config can be searched on."""
+    good = write(tmp_path, {"optimizer.lr": {"uniform": [0.01, 0.1]}}, search={"metric": "f1/val", "mode": "max"})
+    assert load_space(good, ["+optimizer.metrics.f1={average: macro}"]).search.metric == "f1/val"
+    with pytest.raises(UserError, match=r"search.metric='f1/val' is not allowed; allowed: accuracy/val, loss/val$"):
+        load_space(good)
+
+
 def test_gpu_requested_without_gpu(tmp_path):
     space = load_space(write(tmp_path, {"optimizer.lr": {"uniform": [0.01, 0.1]}},
                              search={"resources": {"gpu": 0.5}}))

@@ -11,7 +11,7 @@ import torch
 from tune_cifar.config import OptimizerConfig, SchedulerConfig, TaskConfig
 from tune_cifar.errors import UserError
 from tune_cifar.models import ModelSpec
-from tune_cifar.metrics import build_metric
+from tune_cifar.metrics import build_metric, in_stage, logged_keys, metric_key
 from tune_cifar.optim import lr_factor
 from tune_cifar.system import ClassificationSystem, InputSpec
 
@@ -129,6 +129,14 @@ def test_allowed_metrics_build_and_compute(name, kwargs, expected):
 def test_bad_metrics_are_user_errors(name, kwargs, task, needle):
     with pytest.raises(UserError, match=needle):
         build_metric(name, kwargs, TaskConfig(task=task), 2)
+
+
+def test_metric_names_are_built_and_read_in_one_place():
+    task = TaskConfig(metrics={"accuracy": {}, "f1": {"average": "macro"}})
+    assert logged_keys(task, "val") == ["loss/val", "accuracy/val", "f1/val"]
+    assert metric_key("accuracy", "test") == "accuracy/test"
+    assert in_stage("f1/val", "val") and not in_stage("f1/val", "test") and not in_stage("val", "val")
+    assert not in_stage(3, "val")  # a non-string key in a results dict
 
 
 def test_lr_schedules():

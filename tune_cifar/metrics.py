@@ -1,30 +1,38 @@
-"""The metrics allow-list: config names to torchmetrics classes (never eval), built per task.
+"""Metric names and the metrics allow-list: config names to torchmetrics classes (never eval), built per task.
 
-Imports torchmetrics only (not Lightning): the search driver and predict use it too.
+The one place metric names are built (``metric_key``, ``logged_keys``) and read back (``in_stage``).
+torchmetrics (never Lightning) is imported when a metric is built, so that predict's ``--images`` / ``--to``
+and the search's settings can use the names without it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-import torchmetrics
 
 from .checkpoint import TASK_KIND
 from .config import Config, TaskConfig
 from .errors import UserError, allowed
 
-METRICS = {
-    "accuracy": torchmetrics.Accuracy,
-    "top_k_accuracy": torchmetrics.Accuracy,
-    "f1": torchmetrics.F1Score,
-    "precision": torchmetrics.Precision,
-    "recall": torchmetrics.Recall,
-    "auroc": torchmetrics.AUROC,
+if TYPE_CHECKING:
+    import torchmetrics
+
+METRICS = {  # config name -> torchmetrics class name
+    "accuracy": "Accuracy",
+    "top_k_accuracy": "Accuracy",
+    "f1": "F1Score",
+    "precision": "Precision",
+    "recall": "Recall",
+    "auroc": "AUROC",
 }
 
 
 def build_metric(name: str, kwargs: dict, task: TaskConfig, num_classes: int) -> torchmetrics.Metric:
     """Look a metric up in the allow-list and build it for the task (never eval)."""
+    import torchmetrics
+
     if name not in METRICS:
         raise UserError(f"config: optimizer.metrics.{name} is not a known metric; allowed: {allowed(METRICS)}")
     kwargs = dict(kwargs or {})
@@ -46,7 +54,7 @@ def build_metric(name: str, kwargs: dict, task: TaskConfig, num_classes: int) ->
             raise UserError("config: optimizer.metrics.top_k_accuracy needs task.task=classification_multiclass")
         args["top_k"] = min(int(kwargs.pop("top_k", 5)), num_classes)
     try:
-        return METRICS[name](**args, **kwargs)
+        return getattr(torchmetrics, METRICS[name])(**args, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"config: optimizer.metrics.{name}: {err}") from None
 
@@ -65,6 +73,11 @@ def metric_key(name: str, stage: str) -> str:
 def logged_keys(task: TaskConfig, stage: str) -> list[str]:
     """The loss and every configured metric, as logged in ``stage``."""
     return [metric_key("loss", stage), *(metric_key(m, stage) for m in task.metrics)]
+
+
+def in_stage(key, stage: str) -> bool:
+    """Whether ``key`` is a metric name of ``stage`` (as :func:`metric_key` builds them)."""
+    return isinstance(key, str) and key.endswith(metric_key("", stage))
 
 
 def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .checkpoint import read_checkpoint
 from .config import Config, TrainerConfig
 from .data import ImageArrays, ImageDataModule
 from .errors import UserError
-from .metrics import check_metrics, logged_keys
+from .metrics import check_metrics, in_stage, logged_keys
 from .models import ModelSpec, check_model_name
 from .system import ClassificationSystem, InputSpec
 
@@ -215,4 +215,4 @@ class WorkerMemory(pl.Callback):
 
 
 def val_metrics(trainer: pl.Trainer) -> dict:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("/val")}
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if in_stage(k, "val")}

@@ -10,6 +10,7 @@ from ..classifier import Classifier
 from ..errors import UserError
 from ..evaluation import run_precision
 from ..export import MANIFEST, find_best, read_export, read_json, read_yaml
+from ..metrics import in_stage
 from .options import Options
 
 
@@ -58,8 +59,7 @@ def _test_metrics(metrics: dict) -> dict:
     """Recorded test metrics: ``{"test": {...}}`` (train) or flat ``.../test`` keys (search export)."""
     if isinstance(metrics.get("test"), dict):
         metrics = metrics["test"]
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(k, str) and k.endswith("/test") and isinstance(v, (int, float))}
+    return {k: float(v) for k, v in metrics.items() if in_stage(k, "test") and isinstance(v, (int, float))}
 
 
 def load_export(path: Path) -> Loaded:

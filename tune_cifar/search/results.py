@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..metrics import in_stage
 from . import pbt, storage
 from .space import SearchSpace
 
@@ -274,7 +275,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     values = space.values(reported["config"] if isinstance(reported.get("config"), dict) else best.config)
     cfg = space.trial_config(values)
     metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
-               **{k: float(v) for k, v in reported.items() if k.endswith("/val")}}
+               **{k: float(v) for k, v in reported.items() if in_stage(k, "val")}}
     with checkpoint.as_directory() as directory:
         classifier = Classifier.from_checkpoint(checkpoint_file(directory))
     metrics.update(evaluate(classifier, cfg, arrays).metrics)

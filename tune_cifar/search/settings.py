@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import build_section
+from ..config import build_section, config_from_dict
 from ..errors import UserError, allowed
+from ..metrics import logged_keys
 from .keys import get_dotted
 from .registry import SCHEDULERS, SEARCHERS
 
@@ -76,7 +77,7 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
     s.mode = s.mode or base["task"]["monitor_mode"]
     s.experiment = s.experiment or base["run"]["experiment"]
     s.storage_path = s.storage_path or base["run"]["output_dir"]
-    logged = {"loss/val"} | {f"{m}/val" for m in base["optimizer"]["metrics"]}
+    logged = set(logged_keys(config_from_dict(base).task, "val"))  # the base config was validated before
     checks = [
         ("metric", s.metric in logged, allowed(logged)),
         ("mode", s.mode in ("max", "min"), "max, min"),
