@@ -250,8 +250,7 @@ def main(argv=None) -> dict:
         if args.only in (None, "speed"):
             tune_times, train_times = [], []
             for r in range(args.rounds):  # alternate, so that background load hits both alike
-                space.search.experiment = f"speed{r}"
-                tune_times += run_tune(space)[1:]
+                tune_times += run_tune(space.renamed(f"speed{r}"))[1:]  # a fresh experiment per round
                 train_times += run_train(space, tmp / f"train_run{r}")[1:]
             tune_ips = args.images / statistics.median(tune_times)
             train_ips = args.images / statistics.median(train_times)
