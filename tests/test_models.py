@@ -13,17 +13,8 @@ from torch import nn
 
 from tune_cifar import models
 from tune_cifar.errors import UserError
-from tune_cifar.models import (
-    ModelSpec,
-    apply_cifar_stem,
-    build_model,
-    change_first_conv,
-    change_last_layer,
-    change_last_layer_to_identity,
-    create_model,
-    list_models,
-    register_builtin,
-)
+from tune_cifar.models import ModelSpec, build_model, create_model, list_models, register_builtin
+from tune_cifar.modifiers import apply_cifar_stem, change_first_conv, change_last_layer, change_last_layer_to_identity
 
 CASES = [("builtin", "tiny_cnn"), ("builtin", "small_cnn"), ("timm", "test_resnet"), ("torchvision", "resnet18")]
 IDS = [f"{p}-{n}" for p, n in CASES]
