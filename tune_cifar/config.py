@@ -235,6 +235,9 @@ def _batches(key: str, value, zero_ok: bool) -> None:
 
 def validate(cfg: Config) -> Config:
     """Value checks that types alone do not catch."""
+    from .plugins import load_plugins  # TUNE_CIFAR_PLUGINS: registrations before the registries are read
+
+    load_plugins()
     check_choice("task.task", cfg.task.task, TASKS)
     from .data.sources import SOURCES  # the registry (register_source): a new dataset is one registration
     from .optim import OPTIMIZERS, SCHEDULES  # the registries (torch: imported when a config is checked)

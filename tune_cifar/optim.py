@@ -13,11 +13,14 @@ A schedule gets the optimizer, the OptimizerConfig and :class:`Steps` and return
 LR scheduler stepped once per optimizer step.
 
 The registration must have run in every process that validates a config or builds a model:
-``config.validate`` and ``ClassificationSystem.configure_optimizers`` read these registries. For
-``train`` import the module before ``tune_cifar.train.main``; for a search, in the Ray workers too
-(the trial's process validates its config again), e.g. with Ray's
-``runtime_env={"worker_process_setup_hook": "your_module.register"}`` or a module imported by
-the trainable.
+``config.validate`` and ``ClassificationSystem.configure_optimizers`` read these registries, and a
+search validates and builds each trial's config again in a Ray worker process. Name the module in
+``TUNE_CIFAR_PLUGINS`` (comma-separated importable modules, see ``tune_cifar.plugins``): every process
+imports it before it checks a config, the train and search commands, ``--debug`` and the workers of the
+local Ray a search starts (they inherit its environment). On a Ray cluster, start every node with the
+variable set (``TUNE_CIFAR_PLUGINS=my_plugins ray start ...``) and the module installed there. A
+registration made only in your own script (before ``tune_cifar.search.cli.main``) covers that process:
+train, ``--debug``, but not the trials of a search.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from ..config import config_from_dict
 from ..errors import UserError, cli_entry
+from ..plugins import load_plugins
 from .clock import Clock
 from .conversion import FORMATS, convert
 from .evaluation import evaluate
@@ -74,6 +75,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 def main(argv: Sequence[str] | None = None) -> dict:
     options = options_from_args(parse_args(sys.argv[1:] if argv is None else argv))
     clock = Clock()
+    load_plugins()  # a model of a registered provider is rebuilt before its config is checked
     loaded = load(options)
     if loaded.config is not None and (options.images or options.to):
         try:  # images need no data config: a config of an older version should not block them
