@@ -562,7 +562,7 @@ def toy_source(monkeypatch):
 def test_registered_source_is_one_registration_for_config_loader_and_search(toy_source, tmp_path):
     from tune_cifar.config import load_config
     from tune_cifar.data import sources
-    from tune_cifar.search.space import parse_param
+    from tune_cifar.search.params import parse_param
     from tune_cifar.train import run
 
     with pytest.raises(ValueError, match="already registered"):

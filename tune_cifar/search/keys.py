@@ -17,7 +17,7 @@ from ..config import Config, config_from_dict, set_dotted
 from ..errors import UserError, allowed
 
 if TYPE_CHECKING:
-    from .space import Param
+    from .params import Param
 
 
 # Set by the search itself, never sampled: key -> what to use instead.
