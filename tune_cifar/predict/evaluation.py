@@ -14,6 +14,7 @@ import torch
 # the metrics of a dataset evaluation, and never for --images / --to.
 from ..config import Config, config_from_dict
 from ..evaluation import evaluate as score
+from ..metrics import metric_key
 from .clock import Clock
 from .inference import (class_probs, decide, effective_threshold, label_text, probabilities, top_k_cells,
                         top_k_header)
@@ -119,7 +120,7 @@ def print_evaluation(s: dict, out_dir: Path) -> None:
     print(f"model: {s['source']['path']} ({s['source']['model']}, {s['task']}"
           f"{'' if s['threshold'] is None else ', threshold ' + format(s['threshold'], 'g')})")
     print(f"data: {d['name']} test split, {d['samples']} images, on {s['device']}")
-    reported = s["reported"].get("accuracy/test")
+    reported = s["reported"].get(metric_key("accuracy", "test"))
     tail = ""
     if reported is not None:
         tail = (f" (recorded with the model: {reported:.4f})" if s["reported_on_this_split"]
