@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from .errors import UserError, allowed, check_choice
 from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
+from .plugins import load_plugins
 
 TASKS = ("classification_binary", "classification_multiclass", "classification_multilabel")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -235,9 +236,7 @@ def _batches(key: str, value, zero_ok: bool) -> None:
 
 def validate(cfg: Config) -> Config:
     """Value checks that types alone do not catch."""
-    from .plugins import load_plugins  # TUNE_CIFAR_PLUGINS: registrations before the registries are read
-
-    load_plugins()
+    load_plugins()  # TUNE_CIFAR_PLUGINS: the user's registrations, before the registries are read
     check_choice("task.task", cfg.task.task, TASKS)
     from .data.sources import SOURCES  # the registry (register_source): a new dataset is one registration
     from .optim import OPTIMIZERS, SCHEDULES  # the registries (torch: imported when a config is checked)
