@@ -4,17 +4,17 @@
     python bench/node_loss.py cluster [--repeats 3]   # SIGKILL every Ray process and the search; restart; --resume
 
 A real multi-node cluster on one machine, started as the README says (``ray start``, one session each):
-a head with no CPU (it schedules, runs no trial) and two worker nodes of one CPU
-(``ray start --address=HEAD``), each its own raylet with its own worker processes. The search joins it with ``--address`` (token auth,
+a head with no CPU (it schedules, runs no trial) and two worker nodes of two CPUs
+(``ray start --address=HEAD``; room for both trials on either), each its own raylet with its own worker processes. The search joins it with ``--address`` (token auth,
 as a user's search does), ``search.storage_path`` a separate folder (shared by every node: one machine),
-2 trials at a time (one per node), ``search.max_failures=3``.
+2 trials at a time (1 CPU each; Ray places them), ``search.max_failures=3``.
 
 node: once both trials have reported (and checkpointed) epoch 2, the node running the first of them
 loses all its processes (SIGKILL of every process of that ``ray start``'s session: its raylet, agents
 and worker processes, the trial's among them). Measured: seconds from the kill until the search notes the trial's failure (the time of
-Tune's ``error.txt`` in the trial folder), until the trial reports again (continued on the other node
-from its last checkpoint), epochs reported twice (rows of progress.csv with an epoch it had reached
-before the kill), the exit status, whether results.csv holds every trial once and all completed, and
+Tune's ``error.txt`` in the trial folder), until the trial reports from another process (continued on
+the other node from its last checkpoint), epochs re-run (reports from the new process of an epoch the
+killed one had reported), the exit status, whether results.csv holds every trial once and all completed, and
 whether the export was written.
 
 cluster: once both trials have reported epoch 2, every process of the cluster and the search is killed
@@ -85,14 +85,16 @@ def ray_start(env: dict, *args: str) -> tuple[int, str]:
 
 
 def start_cluster(work: Path, env: dict) -> tuple[list[int], dict]:
-    """Head (0 CPUs: it schedules, runs no trial) and two worker nodes (1 CPU each), each a `ray start`
+    """Head (0 CPUs: it schedules, runs no trial) and two worker nodes (2 CPUs each), each a `ray start`
     in its own session; returns (sessions, {"address", "workers": [worker sessions]})."""
     port = free_port()
     head, out = ray_start(env, "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
                           f"--ray-client-server-port={free_port()}")
     ip = re.search(r"Local node IP: ([0-9.]+)", out).group(1)
     address = f"{ip}:{port}"
-    workers = [ray_start(env, f"--address={address}", "--num-cpus=1")[0] for _ in range(2)]
+    # `ray start --address` turns token auth on only if told (unlike `ray start --head` and the search)
+    workers = [ray_start({**env, "RAY_AUTH_MODE": "token"}, f"--address={address}", "--num-cpus=2")[0]
+               for _ in range(2)]
     return [head, *workers], {"address": address, "workers": workers}
 
 
@@ -139,9 +141,15 @@ def progress(work: Path) -> dict[str, list[int]]:
     return out
 
 
-def trial_pid(trial_dir: Path) -> int:
-    lines = (trial_dir / "result.json").read_text().splitlines()
-    return int(json.loads(lines[-1])["pid"])
+def reports(trial_dir: Path) -> list[tuple[int, int]]:
+    """(epoch, pid of the process that trained it) of each report in the trial's result.json."""
+    out = []
+    with contextlib.suppress(OSError):
+        for line in (trial_dir / "result.json").read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                r = json.loads(line)
+                out.append((int(r["training_iteration"]), int(r["pid"])))
+    return out
 
 
 def wait(cond, what: str, timeout: float, procs=()) -> None:
@@ -178,26 +186,26 @@ def lose_node(work: Path) -> dict:
         rows = progress(work)
         victim = sorted(rows)[0]
         trial_dir = next((work / "storage" / "nodes").glob(f"*/{victim}"))
-        pid = trial_pid(trial_dir)
+        pid = reports(trial_dir)[-1][1]
         node = next(w for w in info["workers"] if pid in session(w))
         doomed = session(node)
         t0 = time.time()
         kill_session(node)
-        before = len(rows[victim])
-        resumed_at = None
+        resumed_at = None  # the first report of the trial from another process: it continues elsewhere
         while search.poll() is None:
-            now = progress(work).get(victim, [])
-            if resumed_at is None and len(now) > before:
+            if resumed_at is None and any(p != pid for _, p in reports(trial_dir)):
                 resumed_at = time.time()
             time.sleep(0.2)
         code = search.wait()
-        epochs = progress(work)[victim]
+        done = reports(trial_dir)
+        reached = max(e for e, p in done if p == pid)  # the last epoch reported before the kill
+        rerun = sum(1 for e, p in done if p != pid and e <= reached)
         errors = sorted(trial_dir.glob("error*.txt"))
         detected = min((e.stat().st_mtime for e in errors), default=None)
-        return {"scenario": "node", "killed_processes": len(doomed), "epochs_at_kill": before,
+        return {"scenario": "node", "killed_processes": len(doomed), "epochs_at_kill": reached,
                 "detect_s": round(detected - t0, 1) if detected else None,
                 "recover_s": round(resumed_at - t0, 1) if resumed_at else None,
-                "epochs_rerun": len(epochs) - len(set(epochs)), "victim_epochs": epochs, **outcome(work, code)}
+                "epochs_rerun": rerun, "victim_epochs": [e for e, _ in done], **outcome(work, code)}
     finally:
         if search is not None:
             kill_session(search.pid)
