@@ -11,8 +11,8 @@ as a user's search does), ``search.storage_path`` a separate folder (shared by e
 
 node: once both trials have reported (and checkpointed) epoch 2, the node running the first of them
 loses all its processes (SIGKILL of every process of that ``ray start``'s session: its raylet, agents
-and worker processes, the trial's among them). Measured: seconds from the kill until the search notes the trial's failure (the time of
-Tune's ``error.txt`` in the trial folder), until the trial reports from another process (continued on
+and worker processes, the trial's among them). Measured: seconds from the kill until the search notes the trial's failure (Tune's "Trial task
+failed" line in the driver's log), until the trial reports from another process (continued on
 the other node from its last checkpoint), epochs re-run (reports from the new process of an epoch the
 killed one had reported), the exit status, whether results.csv holds every trial once and all completed, and
 whether the export was written.
@@ -152,6 +152,19 @@ def reports(trial_dir: Path) -> list[tuple[int, int]]:
     return out
 
 
+def failure_logged(log: Path, trial_id: str, after: float) -> float | None:
+    """Time of Tune's first "Trial task failed for trial ..._<id>" line after ``after`` in the driver's log."""
+    import datetime
+
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\s+ERROR .*Trial task failed for trial \S*" + trial_id, line)
+        if m:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if t >= after - 1:
+                return t
+    return None
+
+
 def wait(cond, what: str, timeout: float, procs=()) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -200,8 +213,7 @@ def lose_node(work: Path) -> dict:
         done = reports(trial_dir)
         reached = max(e for e, p in done if p == pid)  # the last epoch reported before the kill
         rerun = sum(1 for e, p in done if p != pid and e <= reached)
-        errors = sorted(trial_dir.glob("error*.txt"))
-        detected = min((e.stat().st_mtime for e in errors), default=None)
+        detected = failure_logged(work / "search.log", victim.removeprefix("trial_"), t0)
         return {"scenario": "node", "killed_processes": len(doomed), "epochs_at_kill": reached,
                 "detect_s": round(detected - t0, 1) if detected else None,
                 "recover_s": round(resumed_at - t0, 1) if resumed_at else None,
