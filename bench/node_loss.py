@@ -182,7 +182,9 @@ def outcome(work: Path, code: int) -> dict:
     import pandas as pd
 
     table = pd.read_csv(results) if results.exists() else pd.DataFrame(columns=["trial_id", "status"])
-    return {"exit": code, "trials": len(table), "each_once": bool(table["trial_id"].is_unique),
+    errors = [ln for ln in (work / "search.log").read_text(errors="replace").splitlines()
+              if ln.startswith("tune_cifar.search: error")]
+    return {"exit": code, **({"error": errors[-1][:400]} if errors else {}), "trials": len(table), "each_once": bool(table["trial_id"].is_unique),
             "statuses": sorted(set(table["status"])), "exported": (work / "storage" / "nodes" / "best" /
                                                                    "export.json").is_file()}
 
@@ -269,7 +271,10 @@ def main() -> None:
     for _ in range(args.repeats):
         work = Path(tempfile.mkdtemp(prefix="nl", dir="/tmp"))  # short: Ray's socket paths are limited
         run = (lose_node if args.scenario == "node" else lose_cluster)(work)  # kept if it fails: its logs
-        shutil.rmtree(work, ignore_errors=True)
+        if run["exit"] == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            run["kept"] = str(work)
         print(json.dumps(run), flush=True)
         runs.append(run)
     for key in ("detect_s", "recover_s", "epochs_rerun"):
