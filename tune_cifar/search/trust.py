@@ -126,8 +126,9 @@ def _newest(names: list[str], prefix: str, suffix: str) -> str | None:
 def check_readable(run_dir: str) -> None:
     """Every state file Tune or Lightning reads on --resume is whole; the first that is not is named:
     Tune's newest experiment state (and what it pickled inside), the tuner, the newest searcher state,
-    and the checkpoints that state refers to (a checkpoint cut short by a kill and not yet in the
-    state is not read by Tune, and not checked)."""
+    and the checkpoints that state refers to that exist (a checkpoint cut short by a kill and not yet in
+    the state is not read by Tune, and not checked; one the state names but Tune deleted since is left
+    to Tune)."""
     import pyarrow.fs
 
     fs, root = _fs(run_dir)
@@ -167,6 +168,10 @@ def check_readable(run_dir: str) -> None:
         raise damaged(search_gen, data, "a whole pickle")
     for folder in checkpoints:
         rel = f"{folder}/{CHECKPOINT_FILE}"
+        # a snapshot may name checkpoints that Tune deleted later (search.checkpoints_to_keep rotated them
+        # out before a kill): a missing one is Tune's to handle, as it always was; a present one must be whole
+        if fs.get_file_info(f"{root}/{rel}").type != pyarrow.fs.FileType.File:
+            continue
         if not _zip_ok(data := read(rel)):
             raise damaged(rel, data, "a PyTorch checkpoint (a zip archive)")
 
