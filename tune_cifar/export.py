@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import yaml
@@ -63,9 +63,12 @@ def package_versions() -> dict:
 
 def write_export(dest: Path, source: Path | Classifier | dict, config: dict, metrics: dict | None = None,
                  hyperparameters: dict | None = None, experiment: str = "",
-                 link_root: Path | None = None) -> Path:
+                 link_root: Path | None = None, before_replace: Callable[[], None] | None = None) -> Path:
     """Write an export folder of a model (a Lightning checkpoint file, a Classifier, or the
-    ``{"state_dict", "hyper_parameters"}`` of one); point ``link_root/best`` at it."""
+    ``{"state_dict", "hyper_parameters"}`` of one); point ``link_root/best`` at it.
+
+    ``before_replace`` is called once the new export is complete, before it replaces the old one: if it
+    raises (the search was interrupted), the new one is removed and nothing else changed."""
     from .classifier import Classifier
 
     if isinstance(source, (str, Path)):
@@ -77,16 +80,13 @@ def write_export(dest: Path, source: Path | Classifier | dict, config: dict, met
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"state_dict": ckpt["state_dict"], "hyper_parameters": ckpt["hyper_parameters"]},
-               tmp / MODEL_FILE)
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, default=float))
-    (tmp / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}, indent=2, default=str))
-    (tmp / "versions.json").write_text(json.dumps(package_versions(), indent=2))
-    manifest = {"format": FORMAT, "experiment": experiment, "model": MODEL_FILE,
-                "classes": list(ckpt["hyper_parameters"]["input_spec"]["classes"]),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    try:
+        _write_files(tmp, ckpt, config, metrics, hyperparameters, experiment)
+        if before_replace is not None:
+            before_replace()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # Replace the old export only once the new one is complete.
     old = dest.with_name(dest.name + ".old")
     if dest.exists():
@@ -97,6 +97,20 @@ def write_export(dest: Path, source: Path | Classifier | dict, config: dict, met
     if link_root is not None:
         point_best(Path(link_root), dest)
     return dest
+
+
+
+def _write_files(tmp: Path, ckpt: dict, config: dict, metrics, hyperparameters, experiment: str) -> None:
+    torch.save({"state_dict": ckpt["state_dict"], "hyper_parameters": ckpt["hyper_parameters"]},
+               tmp / MODEL_FILE)
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, default=float))
+    (tmp / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}, indent=2, default=str))
+    (tmp / "versions.json").write_text(json.dumps(package_versions(), indent=2))
+    manifest = {"format": FORMAT, "experiment": experiment, "model": MODEL_FILE,
+                "classes": list(ckpt["hyper_parameters"]["input_spec"]["classes"]),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def point_best(root: Path, export_dir: Path) -> Path:

@@ -92,4 +92,12 @@ class FaultInjection(pl.Callback):
 
 def fault_callbacks(values: dict, trial_id: str | None = None) -> list[pl.Callback]:
     """One ``FaultInjection`` per rule whose ``when`` matches the trial's sampled values."""
-    return [FaultInjection(r, trial_id) for r in injected_fault_rules() if _matches(r.get("when", {}), values)]
+    return [FaultInjection(r, trial_id) for r in injected_fault_rules()
+            if "stage" not in r and _matches(r.get("when", {}), values)]
+
+
+def driver_fault(stage: str) -> None:
+    """A ``sleep`` rule with ``"stage": stage`` holds the search's driver there (to interrupt it there)."""
+    for rule in injected_fault_rules():
+        if rule.get("stage") == stage and rule.get("fault") == "sleep":
+            time.sleep(float(rule.get("seconds", 3600)))

@@ -17,6 +17,8 @@ Used inside a trial (the Ray trainable); no Ray import here.
   stops the trial, its teardown takes ``seconds``, default 5, as a big model's can on a GPU). ``times`` (default: always)
   limits it to the first N attempts of the trial, counted with marker files in
   ``<state_dir>/<trial id>/`` (``state_dir`` default: ``<tmp>/tune_cifar_faults``).
+  A rule with ``"stage": "export"`` holds the search's driver instead (only ``sleep``), just before
+  it exports the best trial (``driver_fault``: to interrupt a search there).
 """
 
 from __future__ import annotations
@@ -73,3 +75,11 @@ def trial_callbacks(values: dict, trial_id: str | None = None) -> list[pl.Callba
     from .fault_injection import fault_callbacks  # test-only: loaded only when TUNE_CIFAR_TEST_FAULTS is set
 
     return [NonFiniteLossCallback(), *fault_callbacks(values, trial_id)]
+
+
+def driver_fault(stage: str) -> None:
+    """Test-only: hold the search's driver at ``stage`` if a TUNE_CIFAR_TEST_FAULTS rule asks (else nothing)."""
+    if os.environ.get(TEST_FAULTS_ENV, "").strip():
+        from .fault_injection import driver_fault as hold
+
+        hold(stage)

@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import UserError, cli_entry
 from ..packaged import config_dir_override
-from . import cluster, storage
+from . import cluster, interrupt, storage, trust
 from .results import finish, interrupted, trial_statuses
 from .space import SearchSpace, load_space
 
@@ -78,6 +78,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     space, paths, s = plan.space, plan.paths, plan.space.search
     if plan.resume:
         storage.check_resume(plan)
+        trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
     else:
         study.check_study_direction(study.optuna_storage(s), s)
     run_dir = paths.local
@@ -129,14 +130,28 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                                                                 sort_keys=False))
             storage.upload_reports(paths)
         start = time.monotonic()
-        with cluster.graceful_signals():  # SIGTERM like Ctrl-C: Tune saves its state, --resume continues
+        with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns
             grid = tuner.fit()
-        statuses = trial_statuses(grid)
-        stopped = interrupted(statuses, len(grid), s, time.monotonic() - start)
+        statuses = trial_statuses(grid)  # from the state Tune saved: running trials are still RUNNING there
+        stopped = bool(received) or interrupted(statuses, len(grid), s, time.monotonic() - start)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop ran
+        return _interrupted(paths)
     finally:
         if started:
             ray.shutdown()
-    return finish(plan, grid, arrays, statuses, interrupted=stopped)
+    try:
+        return finish(plan, grid, arrays, statuses, interrupted=stopped)
+    except KeyboardInterrupt:  # while writing the reports or exporting: nothing exported
+        return _interrupted(paths)
+
+
+def _interrupted(paths: storage.RunPaths) -> dict:
+    if storage._exists(storage._join(paths.ray_dir, storage.SEARCH_FILE)):
+        how = f"continue it with: {storage.resume_command(paths)}"
+    else:
+        how = "it had not started; run it again"
+    print(f"search interrupted; nothing exported; {how}", file=sys.stderr, flush=True)
+    return {"interrupted": True, "run_dir": str(paths.local)}
 
 
 @cli_entry
@@ -155,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.debug:
         from .debug import debug
 
-        return debug(space, args.params)
-    out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
+        with interrupt.terminate_as_interrupt():  # SIGTERM like Ctrl-C
+            return debug(space, args.params)
+    with interrupt.terminate_as_interrupt():  # SIGTERM like Ctrl-C, also while Ray starts
+        out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
     if out.get("interrupted"):
         sys.exit(130)
     return out

@@ -1,65 +1,36 @@
-"""The Ray side of the driver: start or join Ray without hanging, refuse trial resources no node has,
-and handle SIGTERM like Ctrl-C (Tune saves its state and stops)."""
+"""The Ray side of the driver: start a local Ray of its own or join a cluster (token auth as Ray does it,
+a message while waiting, a time limit, Ctrl-C ends it at once), and refuse trial resources no node has.
+Ctrl-C and SIGTERM during the search: interrupt.py."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import UserError
 
 CONNECT_TIMEOUT_ENV = "TUNE_CIFAR_CONNECT_TIMEOUT_S"
 
 
-@contextlib.contextmanager
-def graceful_signals() -> Iterator[None]:
-    """Handle SIGTERM like Ctrl-C while the search runs: Tune saves the experiment state and stops."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def connect(address: str, timeout_s: float | None = None) -> None:
-    """``ray.init(address=...)`` that fails with a clear message instead of waiting forever."""
+    """``ray.init(address=...)`` that says what it waits for, gives up after a time limit with a clear
+    message instead of waiting forever, and ends at once on Ctrl-C or SIGTERM."""
     import ray
 
-    if address != "auto" and "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-            or (Path.home() / ".ray" / "auth_token").is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does itself for address=auto
-    try:  # a token cached by an earlier ray.init in this process would hide RAY_AUTH_TOKEN's
-        from ray._raylet import AuthenticationTokenLoader
+    from .interrupt import exit_on_signal
 
-        AuthenticationTokenLoader.instance().reset_cache()
-    except (ImportError, AttributeError):
-        pass
+    if address != "auto":
+        use_token_if_available()
     timeout_s = float(os.environ.get(CONNECT_TIMEOUT_ENV, timeout_s or 90))
-    done = threading.Event()
-
-    def watchdog():
-        if not done.wait(timeout_s):
-            import sys
-
-            print(f"tune_cifar.search: error: could not connect to the Ray cluster at {address} within "
-                  f"{timeout_s:.0f} s; is it running (ray status --address {address}), and does this "
-                  f"machine have the cluster's token (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or "
-                  f"~/.ray/auth_token, as on the head node)?", file=sys.stderr, flush=True)
-            os._exit(2)
-
-    threading.Thread(target=watchdog, daemon=True, name="ray-connect-watchdog").start()
+    print(f"connecting to the Ray cluster at {address} (up to {timeout_s:.0f} s, {CONNECT_TIMEOUT_ENV})",
+          flush=True)
+    late = (f"could not connect to the Ray cluster at {address} within {timeout_s:.0f} s; is it running "
+            f"(ray status --address {address}), and does this machine have the cluster's token "
+            f"(~/.ray/auth_token or RAY_AUTH_TOKEN, as on the head node)?")
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        with exit_on_signal(f"connecting to the Ray cluster at {address}", timeout_s, late):
+            ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         why = str(err.__cause__ or "").strip()
         cause = f" ({why.splitlines()[0][:200]})" if why else ""
@@ -67,8 +38,27 @@ def connect(address: str, timeout_s: float | None = None) -> None:
                         f"{str(err).strip().splitlines()[0][:300]}{cause}; is it running (ray status --address "
                         f"{address}), and does this machine have its token (RAY_AUTH_TOKEN or "
                         f"~/.ray/auth_token)?") from None
-    finally:
-        done.set()
+
+
+def use_token_if_available() -> None:
+    """Token authentication when a token is at hand, as Ray does itself only for ``--address auto``.
+
+    Ray reads ``RAY_AUTH_MODE`` into its C++ configuration when ``ray`` is imported, so setting the
+    variable afterwards (what this did before) is too late: Ray's own helper sets it *and* reloads that
+    configuration. ``RAY_AUTH_MODE`` set by the user is respected.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # another Ray version: the environment variable is the documented way
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get(
+                "RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    AuthenticationTokenLoader.instance().reset_cache()  # a token cached by an earlier ray.init in this process
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def check_resources(s, where: str) -> None:
@@ -87,6 +77,7 @@ def check_resources(s, where: str) -> None:
     raise UserError(f"search.resources={{cpu: {need['CPU']:g}, gpu: {need['GPU']:g}}}: no single node of {where} "
                     f"has both; lower one of them")
 
+
 def start_ray(address: str | None):
     """Join ``address``, or start a quiet local Ray (no dashboard); returns True if we started it."""
     import ray
@@ -97,6 +88,9 @@ def start_ray(address: str | None):
         return False
     if address:
         connect(address)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    else:  # "local": always a new Ray of our own, never a cluster named in Ray's leftover address file
+        from .interrupt import exit_on_signal
+
+        with exit_on_signal("starting Ray"):
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return True

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from ..errors import UserError
+from .interrupt import terminate_as_interrupt
 from .sampler import sample
 from .space import SearchSpace
 
@@ -44,7 +46,16 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     out_dir = exp_dir / _stamp(exp_dir, "debug_")
     out_dir.mkdir(parents=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer = fit(cfg, arrays, out_dir, checkpointing=True, loggers=True)
+    with terminate_as_interrupt() as received:
+        try:
+            trainer = fit(cfg, arrays, out_dir, checkpointing=True, loggers=True)
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into its own exit(1)
+            if not received:
+                raise
+    if received:
+        print(f"tune_cifar.search: interrupted; the debug trial's outputs so far: {out_dir}", file=sys.stderr,
+              flush=True)
+        sys.exit(130)
     metrics = val_metrics(trainer)
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     print(f"outputs: {out_dir}")

@@ -243,7 +243,9 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
     from ..classifier import Classifier
     from ..evaluation import evaluate
+    from ..faults import driver_fault
     from ..training import quiet
+    from . import interrupt
     from .trainable import checkpoint_file
 
     quiet()
@@ -260,8 +262,8 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
     if interrupted:
         storage.upload_reports(paths)
-        print(f"search interrupted after {len(table)} of {s.num_samples} trials; continue it with: "
-              f"{storage.resume_command(paths)}", file=sys.stderr, flush=True)
+        print(f"search interrupted after {len(table)} of {s.num_samples} trials; nothing exported; continue it "
+              f"with: {storage.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
     chosen = export_choice(space, grid, table)
     if chosen is None:
@@ -276,11 +278,16 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     cfg = space.trial_config(values)
     metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
                **{k: float(v) for k, v in reported.items() if in_stage(k, "val")}}
+    print(f"exporting trial {metrics['trial_id']} (epoch {metrics['epoch']}): test metrics", flush=True)
+    driver_fault("export")  # test-only: hold the driver here
     with checkpoint.as_directory() as directory:
         classifier = Classifier.from_checkpoint(checkpoint_file(directory))
     metrics.update(evaluate(classifier, cfg, arrays).metrics)
-    dest = classifier.to_export(paths.export_dir, config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
-                                experiment=s.experiment, link_root=paths.link_root)
+    # a signal now waits: the new export replaces the old one whole, or (interrupted) not at all
+    with interrupt.deferred() as received:
+        dest = classifier.to_export(paths.export_dir, config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
+                                    experiment=s.experiment, link_root=paths.link_root,
+                                    before_replace=received.raise_if_any)
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")

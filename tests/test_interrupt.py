@@ -1,0 +1,224 @@
+"""Ctrl-C and SIGTERM on a running search, taken the user's way (issue 11, item 1).
+
+Each test starts ``python -m tune_cifar.search`` as a user would (its own session, so a signal to its
+process group is what a terminal's Ctrl-C sends to the foreground job), waits until the search is at a
+given moment, sends a real signal, and reads what is on disk: trials ``unfinished``, nothing exported,
+an earlier export and ``outputs/best`` untouched, the exact ``--resume`` command printed, exit 130.
+Trials are held at a chosen epoch by the test-only fault ``sleep`` (tune_cifar/faults.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import write_space
+from tune_cifar.faults import TEST_FAULTS_ENV
+
+EPOCHS = 3
+LRS = (0.01, 0.02)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from cifar_files import write_cifar10
+
+    root = tmp_path_factory.mktemp("cifar10_interrupt")
+    write_cifar10(root, n_train=200, n_test=60, seed=0)
+    return root
+
+
+def _space(tmp_path: Path, data_root: Path) -> Path:
+    points = [{"optimizer.optimizer": "adamw", "optimizer.lr": lr} for lr in LRS]
+    return write_space(tmp_path, data_root, {
+        "num_samples": 2, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "scheduler": {"name": "fifo", "max_epochs": EPOCHS}}, points, searcher="random")
+
+
+def _previous_export(tmp_path: Path) -> tuple[Path, dict]:
+    """An earlier search's export and the outputs/best link to it: an interrupted search must not touch them."""
+    old = tmp_path / "outputs" / "older" / "best"
+    old.mkdir(parents=True)
+    (old / "export.json").write_text('{"experiment": "older"}')
+    (tmp_path / "outputs" / "best").symlink_to(Path("older") / "best")
+    return old, _snapshot(tmp_path / "outputs")
+
+
+def _snapshot(outputs: Path) -> dict:
+    return {"link": os.readlink(outputs / "best"), "export": (outputs / "older" / "best" / "export.json").read_bytes()}
+
+
+def _user_env(**extra: str) -> dict:
+    """This process's environment (a user's shell, plus PYTHONPATH for the worktree) and the test's faults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_CIFAR_TEST"))}
+    return {**env, **extra}
+
+
+def _start(space: Path, cwd: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    log = cwd / f"search_{time.monotonic_ns()}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(space), *args], cwd=cwd,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env or _user_env())
+    return proc, log
+
+
+def _sleep_faults(state: Path, epoch: int, stage: str | None = None) -> str:
+    rules = [{"when": {"optimizer.lr": lr}, "epoch": epoch, "fault": "sleep", "seconds": 600, "times": 1,
+              "state_dir": str(state)} for lr in LRS]
+    return json.dumps(rules)
+
+
+def _wait(cond, proc: subprocess.Popen, log: Path, what: str, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the search ended ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def _sleeping_trials(state: Path) -> int:
+    """Trials inside their injected sleep (the fault leaves a marker per trial when it starts)."""
+    return len([d for d in state.glob("*") if any(d.glob(".test_fault_*"))]) if state.is_dir() else 0
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Kill whatever of the search's session is left (its Ray processes)."""
+    out = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+    for pid in (int(p) for p in out.split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+def _check_interrupted(tmp_path: Path, proc: subprocess.Popen, log: Path, before: dict, space: Path,
+                       statuses: set[str]) -> pd.DataFrame:
+    try:
+        code = proc.wait(120)
+    finally:
+        _end(proc)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    exp = tmp_path / "outputs" / "tiny"
+    (run,) = [d for d in exp.iterdir() if d.name not in ("best", "best.tmp", "best.old")]
+    assert not (exp / "best").exists() and not (exp / "best.tmp").exists(), "an interrupted search exported"
+    assert _snapshot(tmp_path / "outputs") == before, "outputs/best or the earlier export changed"
+    assert not (run / "best.json").exists()
+    assert f"continue it with: python -m tune_cifar.search {space} --resume" in text, text[-2000:]
+    table = pd.read_csv(run / "results.csv")
+    assert set(table["status"]) == statuses, table
+    return table
+
+
+def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path, data_root):
+    """Ctrl-C (SIGINT to the process group) with both trials created, past a checkpoint, inside epoch 2;
+    then --resume continues them from that checkpoint, and exports."""
+    space = _space(tmp_path, data_root)
+    _, before = _previous_export(tmp_path)
+    state = tmp_path / "faults"
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=2)}))
+    try:
+        _wait(lambda: _sleeping_trials(state) == 2, proc, log, "both trials sleep in epoch 2")
+        os.killpg(proc.pid, signal.SIGINT)
+    except BaseException:
+        _end(proc)
+        raise
+    table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
+    assert len(table) == 2 and list(table["epochs"]) == [1, 1]
+
+    # the printed command continues both trials from epoch 1 (the faults fired once: no sleep now)
+    proc, log = _start(space, tmp_path, "--resume", env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, 2)}))
+    try:
+        assert proc.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        _end(proc)
+    exp = tmp_path / "outputs" / "tiny"
+    (run,) = [d for d in exp.iterdir() if d.name != "best"]
+    table = pd.read_csv(run / "results.csv")
+    assert set(table["status"]) == {"completed"} and len(table) == 2
+    for progress in run.glob("trial_*/progress.csv"):
+        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2, 3], progress  # epoch 1 not re-run
+    assert (exp / "best" / "export.json").is_file()
+    assert os.readlink(tmp_path / "outputs" / "best") == os.path.join("tiny", "best")
+
+
+def test_ctrl_c_before_the_first_report(tmp_path, data_root):
+    space = _space(tmp_path, data_root)
+    _, before = _previous_export(tmp_path)
+    state = tmp_path / "faults"
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=1)}))
+    try:
+        _wait(lambda: _sleeping_trials(state) == 2, proc, log, "both trials sleep in epoch 1")
+        os.killpg(proc.pid, signal.SIGINT)
+    except BaseException:
+        _end(proc)
+        raise
+    table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
+    assert list(table["epochs"]) == [0, 0]
+
+
+def test_sigterm_to_the_driver_mid_epoch(tmp_path, data_root):
+    """A batch scheduler's SIGTERM, to the driver process only."""
+    space = _space(tmp_path, data_root)
+    _, before = _previous_export(tmp_path)
+    state = tmp_path / "faults"
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=2)}))
+    try:
+        _wait(lambda: _sleeping_trials(state) == 2, proc, log, "both trials sleep in epoch 2")
+        proc.send_signal(signal.SIGTERM)
+    except BaseException:
+        _end(proc)
+        raise
+    _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
+
+
+def test_ctrl_c_during_the_final_export(tmp_path, data_root):
+    """Every trial done, the driver in its export (held there by the test-only driver fault): nothing is
+    exported, the earlier export stays; --resume then rebuilds the results and exports."""
+    space = _space(tmp_path, data_root)
+    _, before = _previous_export(tmp_path)
+    hold = json.dumps([{"stage": "export", "fault": "sleep", "seconds": 600}])
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: hold}))
+    try:
+        _wait(lambda: "exporting" in log.read_text(), proc, log, "the search exports")
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+    except BaseException:
+        _end(proc)
+        raise
+    _check_interrupted(tmp_path, proc, log, before, space, {"completed"})
+
+    proc, log = _start(space, tmp_path, "--resume")
+    try:
+        assert proc.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        _end(proc)
+    assert (tmp_path / "outputs" / "tiny" / "best" / "export.json").is_file()
+
+
+def test_debug_interrupted_is_one_line_and_exit_130(tmp_path, data_root):
+    space = _space(tmp_path, data_root)
+    proc, log = _start(space, tmp_path, "--debug", "search.scheduler.max_epochs=500")
+    try:
+        _wait(lambda: "debug trial:" in log.read_text(), proc, log, "the debug trial starts")
+        time.sleep(8)  # inside the training loop
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        _end(proc)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    ours = [line for line in text.splitlines() if line.startswith("tune_cifar.search: interrupted")]
+    assert len(ours) == 1 and "debug_" in ours[0], text[-3000:]  # names the trial's outputs folder
