@@ -38,17 +38,28 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+# What torch's weights-only unpickler says when a file asks for more than tensors and plain data
+# (torch/_weights_only_unpickler.py): the file may be intact, it is refused on purpose.
+_REFUSALS = re.compile(r"Unsupported global: GLOBAL (?P<name>\S+)|unsupported GLOBAL (?P<blocked>\S+) whose module"
+                       r"|Trying to call reduce|Can only create new object|Can only build|persistent_load"
+                       r"|must be imported to load")
+
+
 def _load_failure(err: Exception) -> str:
     """Why torch.load(weights_only=True) failed, in one line: refused objects or a damaged file."""
     text = str(err).strip()
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    refused = _REFUSALS.search(text)
     if refused:
-        return (f"it needs unpickling arbitrary Python objects ({refused.group(1)}), refused: "
-                f"only files that torch.load(weights_only=True) reads are loaded")
+        what = refused.group("name") or refused.group("blocked")
+        return (f"loading it would need unpickling arbitrary Python objects{f' ({what})' if what else ''}, "
+                f"which can run code: refused; only files that torch.load(weights_only=True) reads are loaded")
     unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     detail = unpickler.group(1) if unpickler else (lines[0] if lines else "")
-    return f"truncated or corrupt ({type(err).__name__}{': ' + detail[:160] if detail else ''})"
+    detail = re.split(r"(?<=\.)\s", detail, maxsplit=1)[0]  # its first sentence, whole
+    if len(detail) > 200:
+        detail = detail[:200].rsplit(" ", 1)[0] + " ..."
+    return f"truncated or corrupt ({type(err).__name__}{': ' + detail if detail else ''})"
 
 
 def normalization_buffers(in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, ...]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import UserError, allowed, check_choice
+from .errors import FOLDER_NAME, UserError, allowed, check_choice, is_folder_name
 from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
 from .plugins import load_plugins
 
@@ -286,6 +286,11 @@ def validate(cfg: Config) -> Config:
             f"config: model.model_kwargs.num_classes={kw['num_classes']} disagrees with "
             f"data.num_classes={cfg.data.num_classes}; remove it (it is taken from data.num_classes)"
         )
+    if not is_folder_name(cfg.run.experiment):  # outputs/<experiment>/: no way out of run.output_dir
+        raise UserError(f"config: run.experiment={cfg.run.experiment!r} is not allowed; allowed: {FOLDER_NAME}")
+    if cfg.data.num_classes < 2:
+        raise UserError(f"config: data.num_classes={cfg.data.num_classes} is not allowed; allowed: an integer >= 2 "
+                        f"(a classifier needs at least two classes)")
     if not cfg.optimizer.metrics:
         raise UserError("config: optimizer.metrics is empty; give at least one metric, e.g. accuracy")
     return cfg

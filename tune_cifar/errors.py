@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -25,6 +28,31 @@ def check_choice(key: str, value, choices: Iterable, where: str = "config") -> N
     choices = list(choices)
     if value not in choices:
         raise UserError(f"{where}: {key}={value!r} is not allowed; allowed: {allowed(choices)}")
+
+
+FOLDER_NAME = "letters, digits, _ . - (one folder name inside the output folder, not . or ..)"
+
+
+def is_folder_name(value) -> bool:
+    """A name that becomes one folder under the output folder: no path separator, not ``.`` or ``..``."""
+    return isinstance(value, str) and bool(re.fullmatch(r"[\w.-]+", value)) and value not in (".", "..")
+
+
+def check_output_dir(path: str | Path, key: str) -> None:
+    """Refuse, before anything is made, an output folder that cannot be created or written: a file in
+    its place or above it, or a folder this user cannot write (one shared check for train and search)."""
+    target = Path(path).expanduser().absolute()
+    for place in (target, *target.parents):  # the nearest part that exists decides
+        try:
+            if place.exists():
+                break
+        except OSError:  # e.g. no permission to look inside the folder above
+            break
+    if place.exists() and not place.is_dir():
+        where = "is" if place == target else "is under"
+        raise UserError(f"{key}={path} {where} the file {place}; allowed: a folder (existing or to be created)")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={path}: {place} is not writable by this user; allowed: a folder you can write to")
 
 
 def cli_entry(func: F) -> F:

@@ -20,13 +20,12 @@ from typing import Sequence
 import pytorch_lightning as pl
 import yaml
 
-from .checkpoint import read_checkpoint
 from .config import Config, load_config
 from .classifier import Classifier
 from .data import ImageArrays, load_data
-from .errors import UserError, cli_entry
+from .errors import UserError, check_output_dir, cli_entry
 from .evaluation import evaluate
-from .training import build_system, fit, preflight, transfer_weights, val_metrics
+from .training import build_system, check_resumable, fit, preflight, transfer_weights, val_metrics
 from .packaged import with_config_dirs
 
 log = logging.getLogger("tune_cifar")
@@ -58,6 +57,7 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
     """Train (or evaluate) one configuration; returns metrics and output paths."""
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
     preflight(cfg)  # before any download or folder
+    check_output_dir(cfg.run.output_dir, "run.output_dir")
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)
     ckpt_path = None
     if cfg.run.predict:
@@ -71,7 +71,7 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
         system = build_system(cfg, arrays)
         if cfg.run.checkpoint_path:
             if cfg.run.resume:
-                read_checkpoint(cfg.run.checkpoint_path)  # clear error before Lightning sees it
+                check_resumable(system, cfg.run.checkpoint_path)  # clear error before Lightning sees it
                 ckpt_path = cfg.run.checkpoint_path
             else:
                 skipped = transfer_weights(system, cfg.run.checkpoint_path)

@@ -82,6 +82,9 @@ def build_system(cfg: Config, arrays: ImageArrays) -> ClassificationSystem:
 
 def resolve_precision(t: TrainerConfig) -> str:
     """``auto`` -> bf16-mixed / 16-mixed on GPU, 32-true on CPU; fp16 on a CPU is refused."""
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # before precision: auto asks the GPU
+        raise UserError(f"config: trainer.accelerator={t.accelerator} but no CUDA GPU is available; "
+                        f"allowed here: trainer.accelerator=cpu or auto")
     on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
     if t.precision == "auto":
         if not on_gpu:
@@ -89,8 +92,6 @@ def resolve_precision(t: TrainerConfig) -> str:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if t.precision == "16-mixed" and not on_gpu:
         raise UserError("config: trainer.precision=16-mixed needs a GPU; on a CPU use 32 or bf16-mixed")
-    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError("config: trainer.accelerator=gpu but no CUDA GPU is available; use trainer.accelerator=cpu")
     return t.precision
 
 
@@ -137,6 +138,20 @@ def transfer_weights(system: ClassificationSystem, path: str) -> list[str]:
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     system.load_state_dict(keep, strict=False)
     return sorted(set(own) - set(keep))
+
+
+def check_resumable(system: ClassificationSystem, path: str) -> None:
+    """run.resume continues training the same network: refuse a checkpoint whose weights do not fit it."""
+    ckpt = read_checkpoint(path)
+    own = {k: tuple(v.shape) for k, v in system.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if own != theirs:
+        spec = ckpt["hyper_parameters"].get("model_spec") or {}
+        raise UserError(
+            f"run.checkpoint_path={path}: cannot resume, its model is {spec.get('name')} with "
+            f"{spec.get('num_classes')} outputs but this config builds {system.model_spec.name} with "
+            f"{system.model_spec.num_classes}; allowed: a checkpoint of this model and data "
+            f"(drop run.resume=true to start a new run from its matching weights)")
 
 
 # --------------------------------------------------------------------------- fitting, and many trials in one process

@@ -4,6 +4,7 @@ listed in a multilabel CSV."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -122,6 +123,10 @@ def _csv_items(path: Path, labels_csv: str) -> tuple[list[tuple[Path, list[str]]
         rows = []
         for line, row in enumerate(reader, start=2):
             file = path / (row["file"] or "").strip()
+            # the name, not a link's target: "../x.png" and "/abs.png" are refused, links inside are followed
+            if not Path(os.path.normpath(file)).is_relative_to(os.path.normpath(path)):
+                raise UserError(f"{csv_file}:{line}: image {row['file']} is outside data.dataset_path={path}; "
+                                f"allowed: paths relative to that folder, inside it")
             if not _is_image(file):
                 raise UserError(f"{csv_file}:{line}: image {file} not found (allowed: {allowed(IMAGE_SUFFIXES)})")
             names = (row["labels"] or "").replace(";", " ").split()

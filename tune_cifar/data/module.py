@@ -23,6 +23,9 @@ def load_data(cfg: DataConfig, task: str) -> ImageArrays:
                          labels_csv=cfg.labels_csv)
     if cfg.label_groups:
         arrays = group_labels(arrays, cfg.label_groups)
+    if arrays.num_classes < 2:  # before the class-count check: its advice (data.num_classes=1) is refused too
+        raise UserError(f"config: {cfg.name} at {cfg.dataset_path} has {arrays.num_classes} class "
+                        f"({', '.join(arrays.classes) or 'none'}); a classifier needs at least 2")
     if arrays.num_classes != cfg.num_classes:
         raise UserError(
             f"config: data.num_classes={cfg.num_classes} but {cfg.name} at {cfg.dataset_path} has "

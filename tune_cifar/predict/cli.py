@@ -55,7 +55,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--data-path", metavar="DIR", help="same as data.dataset_path=DIR")
     p.add_argument("--threshold", type=float, help="binary/multilabel models predict a class when its "
                                                    "probability is above this (default: task.threshold)")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="probabilities listed per image (default 5)")
+    p.add_argument("--top-k", type=_positive_int, default=5,
+                   help="probabilities listed per image (default 5; above the class count: every class)")
     p.add_argument("--batch-size", type=_positive_int, help="same as data.inference_batch_size=N")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:N")
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -20,11 +20,11 @@ from typing import Sequence
 
 import yaml
 
-from ..errors import UserError, cli_entry
+from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
 from . import cluster, interrupt, storage, trust
 from .results import finish, interrupted, trial_statuses
-from .space import SearchSpace, load_space
+from .space import SearchSpace, check_measurable, load_space
 
 log = logging.getLogger("tune_cifar")
 
@@ -86,6 +86,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         space.check_gpus(torch.cuda.device_count())
     cfg = config_from_dict(space.base)
     arrays = load_data(cfg.data, cfg.task.task)  # read and decoded once, shared via the object store
+    check_measurable(space, arrays)
 
     started = cluster.start_ray(address)
     try:
@@ -167,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.params and not args.debug:
         raise UserError("--params only works with --debug (a search samples its parameters)")
     space = load_space(args.space_file, overrides)
+    s = space.search  # before any folder, Ray or Tuner: the local output place must be usable
+    key = "search.local_path" if storage.is_uri(s.storage_path) else "search.storage_path"
+    check_output_dir(storage.local_root(s), key)
     if args.debug:
         from .debug import debug
 

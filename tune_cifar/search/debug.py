@@ -12,7 +12,7 @@ import yaml
 from ..errors import UserError
 from .interrupt import terminate_as_interrupt
 from .sampler import sample
-from .space import SearchSpace
+from .space import SearchSpace, check_measurable
 
 
 def _stamp(parent: Path, prefix: str = "") -> str:
@@ -42,6 +42,7 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     print(f"debug trial: {json.dumps(values, default=str)}", flush=True)
     cfg = space.trial_config(values)
     arrays = load_data(cfg.data, cfg.task.task)
+    check_measurable(space, arrays)
     exp_dir = Path(space.search.storage_path) / space.search.experiment
     out_dir = exp_dir / _stamp(exp_dir, "debug_")
     out_dir.mkdir(parents=True)

@@ -6,12 +6,11 @@ No Ray here: the driver, the Ray workers and ``--debug`` all read it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config import build_section, config_from_dict
-from ..errors import UserError, allowed
+from ..errors import FOLDER_NAME, UserError, allowed, is_folder_name
 from ..metrics import logged_keys
 from .keys import get_dotted
 from .registry import SCHEDULERS, SEARCHERS
@@ -96,7 +95,7 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         ("searcher.n_startup_trials", s.searcher.n_startup_trials >= 0, "an integer >= 0"),
         ("checkpoints_to_keep", s.checkpoints_to_keep >= 1, "an integer >= 1"),
         ("max_failures", s.max_failures >= -1, "an integer >= 0, or -1 (retry forever)"),
-        ("experiment", bool(re.fullmatch(r"[\w.-]+", s.experiment)), "letters, digits, _ . -"),
+        ("experiment", is_folder_name(s.experiment), FOLDER_NAME),
         ("optuna_storage", s.optuna_storage is None or "://" in s.optuna_storage,
          "null or a database URL such as sqlite:///optuna.db"),
     ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,26 +23,9 @@ from ..packaged import find_space
 from .keys import RESERVED, check_models, check_values, get_dotted
 from .params import KINDS, Dist, Param, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
+from .yamlfile import load_yaml
 
 SECTIONS = ("base", "params", "search")
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                |[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
 
 
 # --------------------------------------------------------------------------- the space
@@ -146,7 +128,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = find_space(path)  # a path, or the name of a bundled space (tune_cifar/search_spaces)
     where = str(path)
     try:
-        raw = yaml.load(Path(path).read_text(), Loader=_Loader)
+        raw = load_yaml(Path(path).read_text(), where)
     except FileNotFoundError:
         raise UserError(f"{where}: search-space file not found") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
@@ -174,7 +156,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if key.startswith("search.") and sep:
             search_raw = copy.deepcopy(search_raw)
             try:
-                parsed = yaml.load(value, Loader=_Loader)
+                parsed = load_yaml(value, f"override {ov}")
             except yaml.YAMLError as err:
                 raise UserError(f"override {ov}: not a valid YAML value: {' '.join(str(err).split())}") from None
             set_search_key(where, search_raw, key.removeprefix("search."), parsed)
@@ -233,3 +215,16 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
     return space
+
+
+def check_measurable(space: SearchSpace, arrays) -> None:
+    """Refuse before any trial a search whose metric cannot be measured: no validation images."""
+    from ..data.splits import split_indices
+
+    if any(p.key == "data.val_fraction" for p in space.params):
+        return  # sampled per trial: the base value is not what the trials use
+    cfg = config_from_dict(space.base)
+    if not len(split_indices(len(arrays.train_x), len(arrays.test_x), cfg.data, cfg.run.seed)["val"]):
+        raise UserError(f"{space.path}: search.metric={space.search.metric} cannot be measured: "
+                        f"data.val_fraction={cfg.data.val_fraction} leaves no validation images; allowed: "
+                        f"data.val_fraction in (0, 1) that keeps at least one image")

@@ -1,0 +1,348 @@
+"""Bad input on the user's path (issue 11, item 5): each kind is refused by the program a user runs
+(``python -m tune_cifar.<cmd>`` in a subprocess) with one line on stderr naming the key or file and
+what is allowed, exit status 2, no traceback, and nothing left behind: no half-made run folder,
+nothing already produced replaced.
+
+Each subprocess pays for importing torch and Lightning (~5 s of CPU): one case per kind runs by
+default; the same check on the other command paths (``--debug``, other values) is marked slow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cifar_files import CIFAR10_CLASSES as CLASSES
+from conftest import tiny_overrides, write_space
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: nothing is absent")
+SLOW = pytest.mark.slow
+
+
+def variants(default, *others):
+    """Parametrize values: the first runs by default, the others are marked slow."""
+    return [default, *(pytest.param(o, marks=SLOW) for o in others)]
+
+
+DEBUG = variants(False, True)  # search, then search --debug
+
+
+def cli(prog: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"tune_cifar.{prog}", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def refused(proc: subprocess.CompletedProcess, prog: str, *needles: str) -> str:
+    """Exit 2, exactly one stderr line (the error), no traceback, each needle in it."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, f"exit {proc.returncode}: {err[-3000:]}"
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err[-3000:]
+    assert err.startswith(f"tune_cifar.{prog}: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return tiny_overrides(data_root, out, *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cifar10_root) -> dict:
+    """One tiny training run (tiny_cnn, 10 classes): its checkpoint, for resume and predict."""
+    from tune_cifar import train
+    from tune_cifar.config import load_config
+
+    out = tmp_path_factory.mktemp("trained")
+    result = train.run(load_config(tiny_overrides(cifar10_root, out)))
+    run = Path(result["output_dir"])
+    return {"run": run, "last": run / "checkpoints" / "last.ckpt", "best": run / result["best_checkpoint"]}
+
+
+# --------------------------------------------------------------------------- hardware asked for but absent
+
+
+@no_gpu
+@pytest.mark.parametrize("precision", variants("auto", "32-true", "bf16-mixed"))
+def test_train_on_an_absent_gpu(cifar10_root, tmp_path, precision):
+    out = tmp_path / "outputs"
+    proc = cli("train", *train_args(cifar10_root, out, "trainer.accelerator=gpu", f"trainer.precision={precision}"))
+    refused(proc, "train", "trainer.accelerator=gpu", "no CUDA GPU", "trainer.accelerator=cpu")
+    assert not out.exists()
+
+
+@no_gpu
+@pytest.mark.parametrize("debug", DEBUG)
+def test_search_on_an_absent_gpu(cifar10_root, tmp_path, debug):
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 1})
+    proc = cli("search", space, "search.resources.gpu=1", *(["--debug"] if debug else []))
+    refused(proc, "search", "search.resources.gpu=1", "no GPU", "allowed: 0")
+    assert not (tmp_path / "outputs").exists()
+
+
+@no_gpu
+def test_predict_on_an_absent_gpu(trained, tmp_path):
+    proc = cli("predict", "--checkpoint", trained["best"], "--device", "cuda", "--out", tmp_path / "p")
+    refused(proc, "predict", "--device cuda", "no CUDA GPU", "--device cpu")
+    assert not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------------------------------- output places that cannot be used
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    f = tmp_path / "notes.txt"
+    f.write_text("mine\n")
+    return f
+
+
+@pytest.mark.parametrize("under", variants(True, False), ids=["under a file", "is a file"])
+def test_train_output_dir_that_is_a_file(cifar10_root, a_file, under):
+    out = a_file / "sub" if under else a_file
+    proc = cli("train", *train_args(cifar10_root, out))
+    refused(proc, "train", f"run.output_dir={out}", str(a_file), "allowed: a folder")
+    assert a_file.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_search_output_dir_under_a_file(cifar10_root, tmp_path, a_file, debug):
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 1})
+    proc = cli("search", space, "--output-dir", a_file / "runs", *(["--debug"] if debug else []))
+    refused(proc, "search", "search.storage_path=", str(a_file), "allowed: a folder")
+    assert a_file.read_text() == "mine\n"
+
+
+def test_predict_out_that_is_a_file(trained, a_file):
+    proc = cli("predict", "--checkpoint", trained["best"], "--out", a_file)
+    refused(proc, "predict", str(a_file), "--out DIR")
+    assert a_file.read_text() == "mine\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("prog", variants("train", "search"))
+def test_output_dir_not_writable(cifar10_root, tmp_path, prog):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if prog == "train":
+            proc = cli("train", *train_args(cifar10_root, locked / "outputs"))
+        else:
+            proc = cli("search", write_space(tmp_path, cifar10_root, {"num_samples": 1}),
+                       "--output-dir", locked / "outputs")
+        refused(proc, prog, str(locked), "not writable")
+        assert listing(locked) == []
+    finally:
+        locked.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- resuming another model
+
+
+@pytest.mark.parametrize("change", variants(
+    ["model.model_name=small_cnn"],
+    ["task=classification_binary", "data.num_classes=2",
+     "data.label_groups={a: [airplane, automobile, ship, truck], b: [bird, cat, deer, dog, frog, horse]}"],
+), ids=["other model", "other class count"])
+def test_resume_from_a_checkpoint_of_another_model(cifar10_root, trained, tmp_path, change):
+    out = tmp_path / "outputs"
+    proc = cli("train", *train_args(cifar10_root, out, *change, "trainer.max_epochs=2", "run.resume=true",
+                                    f"run.checkpoint_path={trained['last']}"))
+    refused(proc, "train", f"run.checkpoint_path={trained['last']}", "cannot resume", "tiny_cnn with 10 outputs",
+            "drop run.resume=true")
+    assert not out.exists()  # no stray run folder
+
+
+# --------------------------------------------------------------------------- YAML that expands without bound
+
+
+def _laughs(tmp_path: Path, data_root: Path) -> Path:
+    """A valid space file plus nine levels of nine aliases each: 9**9 (387 million) values once expanded."""
+    space = write_space(tmp_path, data_root, {"num_samples": 1})
+    chain = "&l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]" + "".join(
+        f", &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10))
+    text = space.read_text().replace("params:\n", f"params:\n  optimizer.weight_decay: {{choice: [{chain}]}}\n", 1)
+    space.write_text(text)
+    return space
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_space_file_that_expands_without_bound(cifar10_root, tmp_path, debug):
+    space = _laughs(tmp_path, cifar10_root)
+    start = time.monotonic()
+    proc = cli("search", space, *(["--debug"] if debug else []), timeout=120)
+    refused(proc, "search", str(space), "expands to more than 100000 values", "allowed:")
+    assert time.monotonic() - start < 60 and len(proc.stdout) < 1000
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_expansion_is_counted_not_built(tmp_path):
+    """The count itself is cheap: a file of 9**9 values is refused in well under a second, and a file
+    that shares one anchor a few times is fine."""
+    from tune_cifar.errors import UserError
+    from tune_cifar.search.space import load_yaml
+
+    chain = "&l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]" + "".join(
+        f", &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10))
+    start = time.monotonic()
+    with pytest.raises(UserError, match="expands to more than"):
+        load_yaml(f"x: [{chain}]", "f.yaml")
+    assert time.monotonic() - start < 1
+    assert load_yaml("a: &a {x: 1, y: [1, 2]}\nb: *a\nc: *a\n", "f.yaml")["c"] == {"x": 1, "y": [1, 2]}
+    with pytest.raises(UserError, match="expands to more than"):
+        load_yaml("&a [*a]", "f.yaml")  # a list inside itself
+
+
+# --------------------------------------------------------------------------- names that escape the output folder
+
+
+@pytest.mark.parametrize("name", variants("../../escaped", "..", "a/b", "/tmp/abs"))
+def test_train_experiment_outside_the_output_dir(cifar10_root, tmp_path, name):
+    out = tmp_path / "deep" / "er" / "outputs"
+    proc = cli("train", *train_args(cifar10_root, out, f"run.experiment={name}"))
+    refused(proc, "train", f"run.experiment={name!r}", "allowed: letters, digits")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("key", variants("search.experiment", "run.experiment"))
+@pytest.mark.parametrize("debug", DEBUG)
+def test_search_experiment_outside_the_output_dir(cifar10_root, tmp_path, key, debug):
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 1})
+    if key == "run.experiment":  # the space file names none: the base config's run.experiment is used
+        doc = yaml.safe_load(space.read_text())
+        del doc["search"]["experiment"]
+        space.write_text(yaml.safe_dump(doc))
+    proc = cli("search", space, f"{key}=..", *(["--debug"] if debug else []))
+    refused(proc, "search", f"{key}='..'", "allowed: letters, digits")
+    assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- checkpoints needing arbitrary unpickling
+
+
+class _RunsCode:
+    def __init__(self, mark: Path):
+        self.mark = mark
+
+    def __reduce__(self):  # what a tampered checkpoint does: os.system on load
+        return (os.system, (f"touch {self.mark}",))
+
+
+@pytest.fixture
+def hostile_checkpoint(tmp_path) -> Path:
+    path = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": _RunsCode(tmp_path / "pwned")}, path)
+    return path
+
+
+def _unpickling(proc, prog, path):
+    err = refused(proc, prog, str(path), "unpickling arbitrary Python objects (posix.system)", "which can run code",
+                  "refused")
+    assert "corrupt" not in err and err.endswith("are loaded")  # the whole sentence, not cut
+    assert not (path.parent / "pwned").exists()
+
+
+def test_predict_refuses_a_checkpoint_that_runs_code(hostile_checkpoint, tmp_path):
+    _unpickling(cli("predict", "--checkpoint", hostile_checkpoint, "--out", tmp_path / "p"), "predict",
+                hostile_checkpoint)
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("resume", variants(True, False), ids=["resume", "transfer"])
+def test_train_refuses_a_checkpoint_that_runs_code(cifar10_root, hostile_checkpoint, tmp_path, resume):
+    out = tmp_path / "outputs"
+    proc = cli("train", *train_args(cifar10_root, out, f"run.checkpoint_path={hostile_checkpoint}",
+                                    f"run.resume={str(resume).lower()}"))
+    _unpickling(proc, "train", hostile_checkpoint)
+    assert not out.exists()
+
+
+def test_a_truncated_checkpoint_is_still_called_corrupt(tmp_path):
+    from tune_cifar.checkpoint import _load_failure
+
+    err = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. "
+                       "More text that goes on and on")
+    assert _load_failure(err) == ("truncated or corrupt (RuntimeError: PytorchStreamReader failed reading zip "
+                                  "archive: failed finding central directory.)")
+
+
+# --------------------------------------------------------------------------- a metric that cannot be measured
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_search_without_validation_images(cifar10_root, tmp_path, debug):
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 2})
+    start = time.monotonic()
+    proc = cli("search", space, "data.val_fraction=0", *(["--debug"] if debug else []))
+    refused(proc, "search", "search.metric=accuracy/val cannot be measured", "data.val_fraction=0.0",
+            "allowed: data.val_fraction in (0, 1)")
+    assert time.monotonic() - start < 120  # before any trial: no Ray, no training
+    assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- one class, duplicate keys, top-k, CSV
+
+
+@pytest.mark.parametrize("case", variants(
+    ((), "has 1 class (cat); a classifier needs at least 2"),
+    (("data.num_classes=1",), "data.num_classes=1 is not allowed; allowed: an integer >= 2"),
+), ids=["data", "config"])
+def test_train_on_one_class(tmp_path, case):
+    from cifar_files import write_image_folder
+
+    extra, needle = case
+    root = write_image_folder(tmp_path / "one", classes=("cat",), n_per_class=4, size=16)
+    base = [o for o in tiny_overrides(root, tmp_path / "outputs") if not o.startswith(("data=", "data.dataset_path"))]
+    refused(cli("train", "data=folder", f"data.dataset_path={root}", *base, *extra), "train", needle)
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_space_file_with_a_duplicate_key(cifar10_root, tmp_path, debug):
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 1})
+    text = space.read_text().replace("params:\n", "params:\n  optimizer.lr: {loguniform: [0.1, 0.5]}\n", 1)
+    space.write_text(text)
+    proc = cli("search", space, *(["--debug"] if debug else []))
+    refused(proc, "search", str(space), "duplicate key 'optimizer.lr'", "line ")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_top_k_above_the_class_count_lists_every_class(trained, tmp_path):
+    """The stated rule (--help): --top-k above the class count lists every class, once."""
+    proc = cli("predict", "--checkpoint", trained["best"], "--top-k", "50", "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (tmp_path / "p" / "predictions.csv").read_text().splitlines()
+    header, first = lines[0].split(","), lines[1].split(",")
+    assert header[-2:] == ["top10", "top10_prob"] and "top11" not in header, header
+    named = first[header.index("top1")::2]  # every class once, most likely first
+    assert sorted(named) == sorted(CLASSES), named
+    assert "every class" in cli("predict", "--help").stdout
+
+
+@pytest.mark.parametrize("name", variants("../outside.png", "/abs/outside.png"))
+def test_labels_csv_naming_images_outside_the_dataset(tmp_path, name):
+    from cifar_files import write_image_folder
+
+    root = write_image_folder(tmp_path / "ds", classes=("cat", "dog"), n_per_class=4, size=16, split=False)
+    outside = tmp_path / "outside.png"
+    (root / "cat" / "cat_0.png").rename(outside)
+    name = str(outside) if name.startswith("/") else name
+    rows = ["file,labels", *(f"{f.relative_to(root).as_posix()},{f.parent.name}" for f in sorted(root.rglob("*.png"))),
+            f"{name},cat"]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = [o for o in tiny_overrides(root, tmp_path / "outputs") if not o.startswith(("data=", "data.dataset_path"))]
+    proc = cli("train", "data=folder", f"data.dataset_path={root}", "data.labels_csv=labels.csv",
+               "task=classification_multilabel", "data.num_classes=2", *base)
+    refused(proc, "train", "labels.csv:", f"image {name} is outside data.dataset_path={root}")
+    assert not (tmp_path / "outputs").exists()
