@@ -147,6 +147,13 @@ def test_output_dir_not_writable(cifar10_root, tmp_path, prog):
         locked.chmod(0o755)
 
 
+@pytest.mark.skipif(not Path("/proc/1").is_dir() or os.access("/proc/1", os.W_OK),
+                    reason="needs a folder nobody can create files in, even root: Linux's /proc/<pid>")
+def test_output_dir_where_not_even_root_can_write(cifar10_root):
+    proc = cli("train", *train_args(cifar10_root, Path("/proc/1/outputs")))
+    refused(proc, "train", "run.output_dir=/proc/1/outputs", "/proc/1 is not writable", "allowed: a folder")
+
+
 # --------------------------------------------------------------------------- resuming another model
 
 

@@ -48,7 +48,11 @@ def check_output_dir(path: str | Path, key: str) -> None:
                 break
         except OSError:  # e.g. no permission to look inside the folder above
             break
-    if place.exists() and not place.is_dir():
+    try:
+        in_the_way = place.exists() and not place.is_dir()
+    except OSError:
+        in_the_way = False  # what cannot be looked at: os.access below says whether it can be written
+    if in_the_way:
         where = "is" if place == target else "is under"
         raise UserError(f"{key}={path} {where} the file {place}; allowed: a folder (existing or to be created)")
     if not os.access(place, os.W_OK | os.X_OK):
