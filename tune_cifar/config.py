@@ -66,10 +66,15 @@ class TaskConfig:
     label_smoothing: float = 0.0
     threshold: float = 0.5  # binary / multilabel decision threshold
     monitor: str = "accuracy/val"
-    monitor_mode: str = "max"
+    monitor_mode: Optional[str] = None  # max or min; None: min for a loss (loss/val), else max
     # The metrics to compute. Users write them as optimizer.metrics (the seed's key); once parsed they
     # are the task's (config_from_dict copies them here), so metric code never reads the optimizer section.
     metrics: dict = field(default_factory=dict)
+
+
+def default_mode(metric: str) -> str:
+    """The direction of a metric given without one: a loss (``loss/val``) is minimised, others maximised."""
+    return "min" if metric.split("/")[0].startswith("loss") else "max"
 
 
 @dataclass
@@ -246,6 +251,8 @@ def validate(cfg: Config) -> Config:
     check_choice("optimizer.scheduler.name", cfg.optimizer.scheduler.name, tuple(SCHEDULES))
     check_choice("trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS)
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    if cfg.task.monitor_mode is None:
+        cfg.task.monitor_mode = default_mode(cfg.task.monitor)
     check_choice("task.monitor_mode", cfg.task.monitor_mode, ("max", "min"))
     check_choice("data.cifar100_labels", cfg.data.cifar100_labels, ("fine", "coarse"))
     for key in ("data.num_classes", "data.train_batch_size", "data.inference_batch_size",

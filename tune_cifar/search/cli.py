@@ -69,7 +69,6 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from ..data import load_data
     from . import pbt, study
     from .registry import SCHEDULERS
-    from .sampler import make_sampler
     from .trainable import train_trial
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
@@ -79,7 +78,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     if plan.resume:
         storage.check_resume(plan)
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
-    else:
+    elif s.optuna_storage:  # the default study is new: it lives in the new run folder
         study.check_study_direction(study.optuna_storage(s), s)
     run_dir = paths.local
     if not address:
@@ -105,11 +104,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                 searcher, scheduler, param_space = pbt.search_parts(space)
                 keep = max(keep, pbt.MIN_CHECKPOINTS)  # a donor's latest checkpoint must outlive its restore
             else:
-                points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
-                searcher = study.NanSafeOptunaSearch(
-                    space=space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(s),
-                    points_to_evaluate=points or None, storage=study.optuna_storage(s),
-                    study_name=study.study_name(s))  # a persistent study if search.optuna_storage is set
+                searcher = study.make_searcher(space, run_dir, paths.name)  # run_dir/optuna.db or optuna_storage
                 scheduler = SCHEDULERS[s.scheduler.name](s)  # registry.py
             tuner = tune.Tuner(
                 trainable, param_space=param_space,

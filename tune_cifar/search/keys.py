@@ -34,6 +34,27 @@ RESERVED = {
 # options the registered sources need, e.g. data.cifar100_labels: data.sources.source_keys()).
 LOADED_ONCE = ("data.name", "data.dataset_path", "data.download", "data.image_size", "data.label_groups",
                "data.num_classes", "task.task")
+# Keys that change which images score a trial: trials are only comparable on the same validation (and
+# test) images. data.train_subset is allowed: the val and test rows have random streams of their own.
+SCORING = {
+    "data.val_fraction": "the validation split",
+    "data.val_subset": "the validation images",
+    "data.test_subset": "the test images the export is scored on",
+    "run.seed": "the validation split (it seeds the split)",
+    "trainer.limit_val_batches": "the validation images",
+    "trainer.limit_test_batches": "the test images the export is scored on",
+}
+
+
+def check_scoring(where: str, key: str, base: dict) -> None:
+    """Refuse a parameter that would score trials on different images (one value in base instead)."""
+    what = SCORING.get(key)
+    limited = [k for k in ("limit_val_batches", "limit_test_batches") if base["trainer"].get(k) not in (None, 1.0)]
+    if key == "data.inference_batch_size" and limited:  # a batch limit times the batch size: other images
+        what = f"the scored images, with trainer.{limited[0]}={base['trainer'][limited[0]]!r}"
+    if what:
+        raise UserError(f"{where}: {key} changes {what}, and trials must be compared on the same images; "
+                        f"set it in base (one value for the whole search)")
 
 
 def _hint_fields(cls) -> dict:

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import build_section, config_from_dict
+from ..config import build_section, config_from_dict, default_mode
 from ..errors import FOLDER_NAME, UserError, allowed, is_folder_name
 from ..metrics import logged_keys
 from .keys import get_dotted
@@ -51,7 +51,7 @@ class Searcher:
 @dataclass
 class SearchSettings:
     metric: Optional[str] = None  # default: the base config's task.monitor (accuracy/val)
-    mode: Optional[str] = None  # max or min; default: task.monitor_mode
+    mode: Optional[str] = None  # max or min; default: task.monitor_mode for task.monitor, else min for a loss
     num_samples: int = 10
     time_budget_s: Optional[float] = None
     max_concurrent_trials: Optional[int] = None  # default: as many as the resources allow
@@ -63,7 +63,7 @@ class SearchSettings:
     checkpoints_to_keep: int = 2  # per trial, best by the metric
     max_failures: int = 0  # retries of a failed trial (resumes from its last checkpoint)
     local_path: Optional[str] = None  # with a URI storage_path: the driver's reports and export (default: outputs)
-    optuna_storage: Optional[str] = None  # persistent Optuna study, e.g. sqlite:///optuna.db (default: in memory)
+    optuna_storage: Optional[str] = None  # the Optuna study's database URL (default: <run folder>/optuna.db)
     optuna_study: Optional[str] = None  # its study name (default: the experiment name)
 
 
@@ -73,7 +73,9 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
     except UserError as err:
         raise UserError(f"{where}: {str(err).removeprefix('config: ')}") from None
     s.metric = s.metric or base["task"]["monitor"]
-    s.mode = s.mode or base["task"]["monitor_mode"]
+    # the base's explicit monitor_mode goes with its own monitor only; otherwise a loss is minimised
+    s.mode = s.mode or (base["task"]["monitor_mode"] if s.metric == base["task"]["monitor"] else None) \
+        or default_mode(s.metric)
     s.experiment = s.experiment or base["run"]["experiment"]
     s.storage_path = s.storage_path or base["run"]["output_dir"]
     logged = set(logged_keys(config_from_dict(base).task, "val"))  # the base config was validated before

@@ -20,7 +20,7 @@ from ..config import Config, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
 from ..packaged import find_space
-from .keys import RESERVED, check_models, check_values, get_dotted
+from .keys import RESERVED, check_models, check_scoring, check_values, get_dotted
 from .params import KINDS, Dist, Param, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
 from .yamlfile import load_yaml
@@ -184,6 +184,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             if k in params_raw and k not in params:  # else read as a base-config key: always its base value
                 raise UserError(f"{where}: params.{key}.when.{k}: a condition on a parameter must come after "
                                 f"it; move {key} below {k}")
+        check_scoring(f"{where}: params.{key}", key, base)
         p = parse_param(f"{where}: params.{key}", key, spec, params)
         check_values(f"{where}: params.{key}", base, key, p, p.depends_on)
         params[key] = p

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .space import SearchSpace
 
 SEARCH_FILE = "search.yaml"  # written by the driver into each run folder before the trials start
-REPORT_FILES = ("search.yaml", "results.csv", "best.json", "learning_curves.png", "parallel_coordinates.png")
+REPORT_FILES = ("search.yaml", "results.csv", "best.json", "learning_curves.png", "parallel_coordinates.png",
+                "param_importances.png", "optuna.db")
 
 
 def is_uri(path: str | os.PathLike) -> bool:

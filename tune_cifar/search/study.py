@@ -1,26 +1,71 @@
-"""The Optuna side of a search: the optional persistent study, and Ray Tune's OptunaSearch with a NaN
-result recorded as a failed Optuna trial.
+"""The Optuna study of a search: what it is told about each trial, where it is kept, how it ends.
 
-A trial ended by a non-finite loss reports NaN as its metric; ``OptunaSearch`` would pass it to
-``study.tell``, which refuses NaN and leaves the Optuna trial RUNNING forever (in a persistent
-study, too). ``NanSafeOptunaSearch`` tells it as FAIL, as ``study.optimize`` does for a NaN objective.
+``StudySearch`` is Ray Tune's ``OptunaSearch`` telling the study what the search itself ranks
+(``results.csv`` and the export):
+
+- every validation epoch is an intermediate value (``trial.report(value, epoch)``);
+- a trial that ran all ``search.scheduler.max_epochs`` epochs is COMPLETE with its **best** epoch's
+  value (mode-aware), as results.csv ranks it;
+- a trial stopped before that (ASHA, or the time budget) is PRUNED: Optuna records its last epoch's
+  value, and TPE ranks pruned trials by the epoch they reached, then that value (the multi-fidelity
+  information TPE is built to use); Ray's OptunaSearch told such a trial COMPLETE with its value at
+  the rung, so TPE compared 1-epoch numbers with finished ones;
+- a trial ended by a non-finite loss, an errored trial, or one that never reported is FAIL (Optuna
+  refuses NaN as a value, and Ray's OptunaSearch left such a trial RUNNING).
+
+How does it know ASHA stopped a trial? Tune tells a searcher the same ``on_trial_complete(result)``
+for both; a trial's function only returns after ``max_epochs`` epochs (no early stopping inside a
+trial), so a last result with ``training_iteration < max_epochs`` means the scheduler stopped it.
+
+Each Optuna trial carries user attributes ``ray_trial_id`` (the results.csv ``trial_id``) and ``run``
+(the run folder's name). ``end_run`` tells FAIL every trial of the run still RUNNING when a search
+returns (interrupted, or suggested just before a kill); on ``--resume`` such a trial continues in a
+new Optuna trial with the same parameters and epochs (Optuna cannot reopen a finished trial).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
 from ..errors import UserError
+from .results import STOP_REASON  # in the last report of a trial ended by a non-finite loss
+
+log = logging.getLogger("tune_cifar")
+
+STUDY_FILE = "optuna.db"  # the default study, in the run folder
+RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
+
+
+def default_storage_url(run_dir: str | Path) -> str:
+    """The run folder's SQLite study: ``optuna-dashboard sqlite:///<run folder>/optuna.db``."""
+    return f"sqlite:///{Path(run_dir).resolve() / STUDY_FILE}"
+
+
+def storage_url(s, run_dir: str | Path) -> str:
+    """``search.optuna_storage``, else the run folder's SQLite file (the driver's local folder, also
+    for a URI storage_path: search.local_path)."""
+    return s.optuna_storage or default_storage_url(run_dir)
+
+
+def study_storage(s, run_dir: str | Path):
+    """The study's Optuna storage: ``search.optuna_storage``, else the run folder's optuna.db."""
+    return open_storage(storage_url(s, run_dir))
 
 
 def optuna_storage(s):
-    """The persistent Optuna storage of ``search.optuna_storage`` (None: in memory)."""
+    """The Optuna storage of ``search.optuna_storage`` (None if unset; see ``storage``)."""
     url = getattr(s, "optuna_storage", None)
     if not url:
         return None
+    return open_storage(url)
+
+
+def open_storage(url: str):
+    """An RDBStorage for ``url`` (a SQLite file's folder is created); a bad URL is one clear line."""
     import optuna
 
     if url.startswith("sqlite:///"):
@@ -57,14 +102,153 @@ def check_study_direction(storage, s) -> None:
                         f"with search.optuna_study=NAME")
 
 
-class NanSafeOptunaSearch(OptunaSearch):
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
-        if (isinstance(value, float) and not math.isfinite(value) and trial_id in self._ot_trials
-                and trial_id not in self._completed_trials):
-            from optuna.trial import TrialState
+def sampler_seed(seed: int, n_existing: int) -> int:
+    """The sampler's seed for a study that already holds ``n_existing`` trials: the seed itself for a
+    new study, else one derived from both, so a warm start does not redraw the earlier random points
+    (a RandomSampler(seed=0) on a reused study would repeat the first search's values)."""
+    if not n_existing:
+        return seed
+    import numpy as np
 
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL)
-            self._completed_trials.add(trial_id)
+    return int(np.random.SeedSequence([seed, n_existing]).generate_state(1)[0])
+
+
+def count_trials(storage, name: str) -> int:
+    """Trials already in study ``name`` of ``storage`` (0 if there is no such study)."""
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        return 0
+
+
+def best_of(curve: dict[int, float], mode: str) -> tuple[int, float] | None:
+    """(epoch, value) of the best finite value of ``{epoch: value}``; of tied ones the later epoch,
+    as results.csv's best_epoch (results._best_index)."""
+    finite = [(s, v) for s, v in sorted(curve.items()) if math.isfinite(v)]
+    if not finite:
+        return None
+    best = (max if mode == "max" else min)(v for _, v in finite)
+    return [(s, v) for s, v in finite if v == best][-1]
+
+
+def make_searcher(space, run_dir: str | Path, run: str) -> "StudySearch":
+    """The search's StudySearch: its study (``storage``, named ``search.optuna_study`` or the
+    experiment), the sampler of ``search.searcher`` seeded for this study, the points to run first."""
+    import dataclasses
+
+    from .sampler import make_sampler
+
+    s = space.search
+    points = [space.to_optuna(p, "points_to_evaluate") for p in s.searcher.points_to_evaluate]
+    store, name = study_storage(s, run_dir), study_name(s)
+    seed = sampler_seed(s.searcher.seed, count_trials(store, name))  # a warm start draws new points
+    sampler = make_sampler(dataclasses.replace(s, searcher=dataclasses.replace(s.searcher, seed=seed)))
+    return StudySearch(space=space.suggest, metric=s.metric, mode=s.mode, points_to_evaluate=points or None,
+                       sampler=sampler, storage=store, study_name=name, max_epochs=s.scheduler.max_epochs, run=run)
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that tells the study what the search ranks (see the module docstring)."""
+
+    def __init__(self, *args, max_epochs: int, run: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._run = run
+        self._curves: dict[str, dict[int, float]] = {}  # trial id -> {epoch: value} reported
+
+    # ------------------------------------------------------------------ Tune's hooks
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None:
+            trial.set_user_attr(RAY_TRIAL, trial_id)
+            if self._run:
+                trial.set_user_attr(RUN, self._run)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        super().on_trial_complete(trial_id, result, error)
+        self._record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        # Tune does not pass a result to on_trial_result when the scheduler stops the trial on it
+        # (ASHA, also at max_t): the last epoch arrives here.
+        if result:
+            self._record(trial_id, result)
+        trial, frozen = self._live(trial_id)
+        curve = {**frozen.intermediate_values, **self._curves.get(trial_id, {})}
+        best = best_of(curve, self.mode)
+        if error or (result or {}).get(STOP_REASON) or best is None:
+            state, value = TrialState.FAIL, None
+            ended = "error" if error else "failed" if (result or {}).get(STOP_REASON) else "no result"
+        elif max(curve) >= self._max_epochs:
+            state, value, ended = TrialState.COMPLETE, best[1], "completed"
+        else:
+            state, value, ended = TrialState.PRUNED, None, "stopped early"  # Optuna: its last value
+        if best is not None:
+            trial.set_user_attr(BEST_EPOCH, best[0])
+        trial.set_user_attr(ENDED, ended)
+        self._ot_study.tell(trial, value, state=state)
+        self._completed_trials.add(trial_id)
+        self._curves.pop(trial_id, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        """Keep the epoch's value and report it to Optuna (once per epoch: a retried or resumed trial
+        reports again from its checkpoint)."""
+        value, step = result.get(self.metric), result.get("training_iteration")
+        if step is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return  # a failed trial's NaN report is no epoch
+        step, value = int(step), float(value)
+        self._curves.setdefault(trial_id, {})[step] = value
+        trial, frozen = self._live(trial_id)
+        if step not in frozen.intermediate_values:
+            trial.report(value, step)
+
+    def _live(self, trial_id: str):
+        """(optuna Trial, its FrozenTrial) still RUNNING for a Tune trial. One that ``end_run`` closed
+        as FAIL when the search was interrupted continues in a new Optuna trial: same parameters,
+        intermediate values and attributes."""
+        import optuna
+
+        trial = self._ot_trials[trial_id]
+        storage = self._ot_study._storage
+        frozen = storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            template = optuna.trial.create_trial(
+                state=optuna.trial.TrialState.RUNNING, params=frozen.params,
+                distributions=frozen.distributions, intermediate_values=frozen.intermediate_values,
+                user_attrs={**frozen.user_attrs, "continues_trial": frozen.number})
+            new_id = storage.create_new_trial(self._ot_study._study_id, template_trial=template)
+            trial = optuna.trial.Trial(self._ot_study, new_id)
+            self._ot_trials[trial_id] = trial
+            frozen = storage.get_trial(new_id)
+        return trial, frozen
+
+
+def end_run(storage, name: str, run: str) -> int:
+    """Tell FAIL every trial of ``run`` still RUNNING in the study (an interrupted search's, or one
+    suggested just before a kill); returns how many. ``--resume`` continues them (StudySearch._live)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(RUN) == run:
+            study._storage.set_trial_user_attr(t._trial_id, ENDED, "interrupted")
+            study.tell(t.number, state=TrialState.FAIL)
+            n += 1
+    return n
