@@ -412,6 +412,19 @@ def test_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path, data
     for progress in run.glob("trial_*/progress.csv"):  # no epoch ran twice: finished trials not re-run,
         assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2], progress  # hung ones resumed
     assert (exp / "best" / "export.json").is_file()
+    # The run folder's Optuna study: the hung trials went on in their Optuna trials, nothing RUNNING.
+    _assert_study_closed(run, table)
+
+
+def _assert_study_closed(run: Path, table: pd.DataFrame) -> list:
+    """Nothing RUNNING in the run's study; each trial of results.csv COMPLETE once (ray_trial_id)."""
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'optuna.db'}").trials
+    assert "RUNNING" not in {t.state.name for t in trials}
+    complete = [t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(table["trial_id"].astype(str))
+    return trials
 
 
 @pytest.mark.slow
@@ -434,6 +447,11 @@ def test_sigterm_then_kill_then_resume_keeps_every_trial_once(tmp_path, data_roo
         (run,) = [d for d in exp.iterdir() if d.name != "best"]
         before = pd.read_csv(run / "results.csv")  # written for what ran
         assert 1 <= len(before) < n and not (exp / "best").exists()
+        import optuna  # the interrupted trials are closed in the study (FAIL, ended: interrupted)
+
+        trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'optuna.db'}").trials
+        assert "RUNNING" not in {t.state.name for t in trials}
+        assert {t.user_attrs["ended"] for t in trials if t.state.name == "FAIL"} == {"interrupted"}
         done1 = _finished_trials(exp, epochs)
 
         second = _start(path, tmp_path, "--resume")
@@ -456,6 +474,8 @@ def test_sigterm_then_kill_then_resume_keeps_every_trial_once(tmp_path, data_roo
         assert epochs <= finished[trial] <= 2 * epochs, trial  # that, and it trains on from there
     assert set(table["status"]) == {"completed"} and (exp / "best" / "export.json").is_file()
     assert (run / "learning_curves.png").stat().st_size > 10_000
+    trials = _assert_study_closed(run, table)  # an interrupted trial went on in a new Optuna trial
+    assert any("continues_trial" in t.user_attrs for t in trials if t.state.name == "COMPLETE")
     print(f"finished trials: {len(done1)} after SIGTERM, {len(done2)} after SIGKILL, {len(table)} at the end")
 
 
