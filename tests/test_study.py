@@ -124,6 +124,27 @@ def test_an_interrupted_trial_is_closed_then_continued_on_resume(tmp_path, data_
     assert end_run(url, "tiny", "run-1") == 0
 
 
+def test_trials_tune_ended_without_telling_the_searcher_are_closed_as_results_csv_says(tmp_path, data_root):
+    """At the time budget Tune ends running trials without on_trial_complete: end_run tells them as
+    results.csv has them (stopped early: PRUNED; completed: COMPLETE, best epoch), the rest FAIL."""
+    from tune_cifar.search.study import end_run, make_searcher
+
+    space = load(tmp_path, data_root, {"scheduler": {"name": "asha", "max_epochs": 2}})
+    searcher = make_searcher(space, tmp_path, "run-1")
+    for t in ("stopped", "done", "unfinished"):
+        searcher.suggest(t)
+        report(searcher, t, 1, 0.4)
+    report(searcher, "done", 2, 0.3)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert end_run(url, "tiny", "run-1", {"stopped": "stopped early", "done": "completed",
+                                          "unfinished": "unfinished"}, "max") == 3
+    trials = {t.user_attrs["ray_trial_id"]: t for t in study_of(url).trials}
+    assert trials["stopped"].state.name == "PRUNED" and trials["stopped"].value == 0.4
+    assert trials["done"].state.name == "COMPLETE" and trials["done"].value == 0.4
+    assert trials["done"].user_attrs["best_epoch"] == 1
+    assert trials["unfinished"].state.name == "FAIL" and trials["unfinished"].user_attrs["ended"] == "interrupted"
+
+
 def test_a_warm_start_does_not_redraw_the_earlier_points(tmp_path, data_root):
     """A second search on the same study with the same random seed samples other values."""
     from tune_cifar.search.study import make_searcher

@@ -260,7 +260,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
            "trial_epochs": _trial_epochs(table),
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
-    out.update(study_report(space, paths))
+    out.update(study_report(space, paths, dict(zip(table["trial_id"].astype(str), table["status"]))))
     if interrupted:
         storage.upload_reports(paths)
         print(f"search interrupted after {len(table)} of {s.num_samples} trials; nothing exported; continue it "
@@ -312,16 +312,17 @@ def write_reports(space: SearchSpace, grid, table, run_dir: Path) -> list[str]:
         return []
 
 
-def study_report(space: SearchSpace, paths: storage.RunPaths) -> dict:
-    """Close the run's trials left RUNNING in its Optuna study; print and plot parameter importance
-    (tune_cifar.search.importance). Failures here only warn (a run from before the default study has none)."""
+def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str, str]) -> dict:
+    """Close the run's trials left RUNNING in its Optuna study (as results.csv's ``statuses`` say), print
+    and plot parameter importance (tune_cifar.search.importance). Failures here only warn (a run from
+    before the default study has none)."""
     from . import study
     from .importance import PLOT, param_importances, run_trials
 
     s = space.search
     try:
         store, name = study.study_storage(s, paths.local), study.study_name(s)
-        study.end_run(store, name, paths.name)
+        study.end_run(store, name, paths.name, statuses, s.mode)
         importances, text = param_importances(run_trials(store, name, paths.name), s.mode, paths.local)
     except Exception as err:  # the results matter more than the importance
         log.warning("no parameter importance: %s", (str(err).strip().splitlines() or [repr(err)])[0][:200])

@@ -18,14 +18,19 @@ for both; a trial's function only returns after ``max_epochs`` epochs (no early 
 trial), so a last result with ``training_iteration < max_epochs`` means the scheduler stopped it.
 
 Each Optuna trial carries user attributes ``ray_trial_id`` (the results.csv ``trial_id``) and ``run``
-(the run folder's name). ``end_run`` tells FAIL every trial of the run still RUNNING when a search
-returns (interrupted, or suggested just before a kill); on ``--resume`` such a trial continues in a
-new Optuna trial with the same parameters and epochs (Optuna cannot reopen a finished trial).
+(the run folder's name). ``end_run`` closes every trial of the run still RUNNING when a search
+returns: as results.csv has it (Tune ends the trials running at the time budget without telling the
+searcher), else FAIL (interrupted, or suggested just before a kill); on ``--resume`` an interrupted
+trial continues in a new Optuna trial with the same parameters and epochs (Optuna cannot reopen a
+finished trial).
+
+Where the study lives: ``search.optuna_storage``, else ``<run folder>/optuna.db`` (SQLite), named
+``search.optuna_study`` or the experiment. A search that finds trials in its study (a warm start)
+seeds its sampler from ``searcher.seed`` and their number, so it does not redraw their points.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -33,8 +38,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..errors import UserError
 from .results import STOP_REASON  # in the last report of a trial ended by a non-finite loss
-
-log = logging.getLogger("tune_cifar")
 
 STUDY_FILE = "optuna.db"  # the default study, in the run folder
 RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
@@ -57,7 +60,7 @@ def study_storage(s, run_dir: str | Path):
 
 
 def optuna_storage(s):
-    """The Optuna storage of ``search.optuna_storage`` (None if unset; see ``storage``)."""
+    """The Optuna storage of ``search.optuna_storage`` (None if unset; see ``study_storage``)."""
     url = getattr(s, "optuna_storage", None)
     if not url:
         return None
@@ -235,9 +238,14 @@ class StudySearch(OptunaSearch):
         return trial, frozen
 
 
-def end_run(storage, name: str, run: str) -> int:
-    """Tell FAIL every trial of ``run`` still RUNNING in the study (an interrupted search's, or one
-    suggested just before a kill); returns how many. ``--resume`` continues them (StudySearch._live)."""
+def end_run(storage, name: str, run: str, statuses: dict[str, str] | None = None, mode: str = "max") -> int:
+    """Close every trial of ``run`` still RUNNING in the study; returns how many.
+
+    Tune ends the trials still running at the time budget without telling the searcher: those are
+    told as results.csv has them (``statuses``: ray trial id -> status), ``stopped early`` PRUNED and
+    ``completed`` COMPLETE with the best epoch. Any other (``unfinished``: interrupted; or suggested
+    just before a kill) is FAIL with ``ended: interrupted``; ``--resume`` continues it
+    (StudySearch._live)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -247,8 +255,18 @@ def end_run(storage, name: str, run: str) -> int:
         return 0
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(RUN) == run:
-            study._storage.set_trial_user_attr(t._trial_id, ENDED, "interrupted")
-            study.tell(t.number, state=TrialState.FAIL)
-            n += 1
+        if t.user_attrs.get(RUN) != run:
+            continue
+        status = (statuses or {}).get(t.user_attrs.get(RAY_TRIAL), "unfinished")
+        best = best_of(t.intermediate_values, mode)
+        state, value = TrialState.FAIL, None
+        if status == "completed" and best:
+            state, value = TrialState.COMPLETE, best[1]
+        elif status == "stopped early" and best:
+            state = TrialState.PRUNED
+        if best:
+            study._storage.set_trial_user_attr(t._trial_id, BEST_EPOCH, best[0])
+        study._storage.set_trial_user_attr(t._trial_id, ENDED, status if state != TrialState.FAIL else "interrupted")
+        study.tell(t.number, value, state=state)
+        n += 1
     return n
