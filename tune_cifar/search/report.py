@@ -5,7 +5,10 @@
   jump in the trial's colour from a star on its donor's point to the trial's next epoch.
 - ``parallel_coordinates.png``: one axis per hyperparameter plus the metric, one line per trial,
   coloured by the metric (log axes for log-uniform parameters, categories spread evenly; an
-  inactive conditional parameter leaves a gap).
+  inactive conditional parameter leaves a gap). Drawn here from results.csv rather than by Optuna's
+  ``plot_parallel_coordinate``, which shows COMPLETE trials only: under ASHA most trials are PRUNED,
+  and failed or unfinished ones would vanish too.
+- ``param_importances.png`` is Optuna's own plot: ``tune_cifar.search.importance``.
 
 matplotlib only (Agg backend); no Ray import. TensorBoard logs are Tune's own, one
 ``events.out.tfevents.*`` per trial folder: ``tensorboard --logdir <run folder>``.
