@@ -270,3 +270,19 @@ def end_run(storage, name: str, run: str, statuses: dict[str, str] | None = None
         study.tell(t.number, value, state=state)
         n += 1
     return n
+
+
+class NanSafeOptunaSearch(OptunaSearch):
+    """The searcher of runs started before StudySearch, kept so that ``--resume`` can unpickle them:
+    OptunaSearch with a NaN result told as FAIL (not RUNNING forever)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
+        if (isinstance(value, float) and not math.isfinite(value) and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials):
+            from optuna.trial import TrialState
+
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
