@@ -320,6 +320,8 @@ def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str
     from .importance import PLOT, param_importances, run_trials
 
     s = space.search
+    if s.scheduler.name == "pbt":  # PBT searches without Optuna (its trials change hyperparameters): no study
+        return {}
     try:
         store, name = study.study_storage(s, paths.local), study.study_name(s)
         study.end_run(store, name, paths.name, statuses, s.mode)
