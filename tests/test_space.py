@@ -293,3 +293,22 @@ def test_bad_file_from_the_command_line_exits_2(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(path) in err and "params.optimizer.lr" in err and "allowed" in err
+
+
+@pytest.mark.parametrize("name", ["cpu_small", "optimizers", "pbt_cpu_small", "resnet"])
+def test_a_bundled_space_asked_to_optimise_a_loss_minimises_it(name):
+    """The bundled spaces leave mode to the metric, so search.metric=loss/val alone is minimised."""
+    assert load_space(name).search.mode == "max"
+    s = load_space(name, ["search.metric=loss/val"]).search
+    assert (s.metric, s.mode) == ("loss/val", "min")
+    assert load_space(name, ["search.metric=loss/val", "search.mode=max"]).search.mode == "max"  # explicit wins
+
+
+def test_pbt_without_a_searcher_line_draws_at_random(tmp_path):
+    """PBT has no Optuna: a space that names no searcher gets random, not the tpe default it would refuse."""
+    path = write(tmp_path, {"optimizer.lr": {"loguniform": [0.001, 0.1]}}, search={"scheduler": {"name": "pbt"}})
+    assert load_space(path).search.searcher.name == "random"
+    written = write(tmp_path, {"optimizer.lr": {"loguniform": [0.001, 0.1]}},
+                    search={"scheduler": {"name": "pbt"}, "searcher": {"name": "tpe"}}, name="tpe.yaml")
+    with pytest.raises(UserError, match=r"search.searcher.name='tpe' is not allowed; allowed: random"):
+        load_space(written)  # a tpe the user wrote is still refused

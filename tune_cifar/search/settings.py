@@ -72,6 +72,8 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         s = build_section(SearchSettings, data, "search")
     except UserError as err:
         raise UserError(f"{where}: {str(err).removeprefix('config: ')}") from None
+    if s.scheduler.name == "pbt" and "name" not in (data.get("searcher") or {}):
+        s.searcher.name = "random"  # PBT draws its population at random (no Optuna): tpe is the default elsewhere
     s.metric = s.metric or base["task"]["monitor"]
     # the base's explicit monitor_mode goes with its own monitor only; otherwise a loss is minimised
     s.mode = s.mode or (base["task"]["monitor_mode"] if s.metric == base["task"]["monitor"] else None) \
