@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from .interrupt import terminate_as_interrupt
+from .interrupt import Received, stop_when_asked
 from .sampler import sample
 from .space import SearchSpace, check_measurable
 
@@ -22,6 +22,20 @@ def _stamp(parent: Path, prefix: str = "") -> str:
         n += 1
         name = f"{stamp}_{n}"
     return name
+
+
+def _StopWhenAsked(received: Received):
+    """A Lightning callback that ends the fit at the end of the batch in which a signal arrived."""
+    import pytorch_lightning as pl
+
+    class StopWhenAsked(pl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if received:
+                trainer.should_stop = True
+
+        on_validation_batch_end = on_train_batch_end  # a long validation ends too (no more epochs follow)
+
+    return StopWhenAsked()
 
 
 def debug(space: SearchSpace, params: str | None) -> dict:
@@ -47,10 +61,10 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     out_dir = exp_dir / _stamp(exp_dir, "debug_")
     out_dir.mkdir(parents=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    with terminate_as_interrupt() as received:
+    with stop_when_asked() as received:
         try:
-            trainer = fit(cfg, arrays, out_dir, checkpointing=True, loggers=True)
-        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into its own exit(1)
+            trainer = fit(cfg, arrays, out_dir, [_StopWhenAsked(received)], checkpointing=True, loggers=True)
+        except (KeyboardInterrupt, SystemExit):  # a second signal: Lightning turns it into its own exit(1)
             if not received:
                 raise
     if received:

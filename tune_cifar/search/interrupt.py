@@ -12,7 +12,8 @@ so trials are not hit by the terminal's signal; the driver decides.
   experiment state with every running trial still RUNNING and returns. A second signal stops at once.
   Whether a trial is unfinished is read from the state Tune saved (``results.trial_statuses``).
 - ``deferred()``: signals wait while an export replaces the previous one (never half a swap).
-- ``terminate_as_interrupt()``: SIGTERM raises KeyboardInterrupt like Ctrl-C (start-up, reports, --debug).
+- ``terminate_as_interrupt()``: SIGTERM raises KeyboardInterrupt like Ctrl-C (start-up, reports).
+- ``stop_when_asked()``: the first signal is recorded for a stop at a safe point (--debug: the batch's end).
 - ``exit_on_signal()``: while Ray starts or joins a cluster (C++ calls that do not return to Python),
   a signal ends the process at once, and so does a time limit.
 """
@@ -73,6 +74,22 @@ def terminate_as_interrupt() -> Iterator[Received]:
     def handler(sig, frame):
         received.signals.append(sig)
         raise KeyboardInterrupt
+
+    with _handlers(handler):
+        yield received
+
+
+@contextlib.contextmanager
+def stop_when_asked() -> Iterator[Received]:
+    """The first SIGINT/SIGTERM is only recorded (the caller stops at a safe point: ``--debug`` at the end of
+    a batch); a second one raises KeyboardInterrupt at once. A KeyboardInterrupt raised at an arbitrary
+    point of Lightning's loop can leave a logger's lock held, and its own shutdown then hung (seen)."""
+    received = Received()
+
+    def handler(sig, frame):
+        received.signals.append(sig)
+        if len(received.signals) > 1:
+            raise KeyboardInterrupt
 
     with _handlers(handler):
         yield received
