@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tune_cifar.errors import UserError, allowed, check_choice
+from tune_cifar.registry import registrar
 
 from .modifiers import (apply_cifar_stem, change_first_conv, change_last_layer,  # noqa: F401 - also models'
                         change_last_layer_to_identity, check_positive_int)
@@ -33,14 +34,7 @@ _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
 
 def register_builtin(name: str):
     """Decorator: register ``factory(num_classes, in_chans, **kwargs)`` as builtin model ``name``."""
-
-    def deco(factory):
-        if name in _BUILTIN:
-            raise ValueError(f"builtin model {name!r} is already registered")
-        _BUILTIN[name] = factory
-        return factory
-
-    return deco
+    return registrar(_BUILTIN, "builtin model", name)
 
 
 def _conv_block(cin: int, cout: int, pool: bool = True) -> list[nn.Module]:

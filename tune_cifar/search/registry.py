@@ -17,28 +17,20 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..registry import registrar
+
 SEARCHERS: dict[str, Callable] = {}  # name -> build(settings) -> optuna.samplers.BaseSampler
 SCHEDULERS: dict[str, Callable] = {}  # name -> build(settings) -> ray.tune.schedulers.TrialScheduler
 
 
-def _register(registry: dict, kind: str, name: str):
-    def deco(build):
-        if name in registry:
-            raise ValueError(f"{kind} {name!r} is already registered")
-        registry[name] = build
-        return build
-
-    return deco
-
-
 def register_searcher(name: str):
     """Decorator: register ``build(settings) -> optuna sampler`` as ``search.searcher.name: <name>``."""
-    return _register(SEARCHERS, "searcher", name)
+    return registrar(SEARCHERS, "searcher", name)
 
 
 def register_scheduler(name: str):
     """Decorator: register ``build(settings) -> Ray TrialScheduler`` as ``search.scheduler.name: <name>``."""
-    return _register(SCHEDULERS, "scheduler", name)
+    return registrar(SCHEDULERS, "scheduler", name)
 
 
 # --------------------------------------------------------------------------- built-in searchers (Optuna)
