@@ -121,19 +121,30 @@ def _check_interrupted(tmp_path: Path, proc: subprocess.Popen, log: Path, before
     return table
 
 
-def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path, data_root):
-    """Ctrl-C (SIGINT to the process group) with both trials created, past a checkpoint, inside epoch 2;
-    then --resume continues them from that checkpoint, and exports."""
+def _signal_when_both_sleep(tmp_path, data_root, epoch: int, send):
+    """A search whose two trials sleep in ``epoch`` (first attempt only), an earlier export in place;
+    ``send(proc)`` once both sleep. Returns (space, proc, log, the earlier export's bytes, fault state)."""
     space = _space(tmp_path, data_root)
     _, before = _previous_export(tmp_path)
     state = tmp_path / "faults"
-    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=2)}))
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=epoch)}))
     try:
-        _wait(lambda: _sleeping_trials(state) == 2, proc, log, "both trials sleep in epoch 2")
-        os.killpg(proc.pid, signal.SIGINT)
+        _wait(lambda: _sleeping_trials(state) == 2, proc, log, f"both trials sleep in epoch {epoch}")
+        send(proc)
     except BaseException:
         _end(proc)
         raise
+    return space, proc, log, before, state
+
+
+def _ctrl_c(proc) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
+
+
+def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path, data_root):
+    """Ctrl-C (SIGINT to the process group) with both trials created, past a checkpoint, inside epoch 2;
+    then --resume continues them from that checkpoint, and exports."""
+    space, proc, log, before, state = _signal_when_both_sleep(tmp_path, data_root, 2, _ctrl_c)
     table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
     assert len(table) == 2 and list(table["epochs"]) == [1, 1]
 
@@ -154,32 +165,15 @@ def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path,
 
 
 def test_ctrl_c_before_the_first_report(tmp_path, data_root):
-    space = _space(tmp_path, data_root)
-    _, before = _previous_export(tmp_path)
-    state = tmp_path / "faults"
-    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=1)}))
-    try:
-        _wait(lambda: _sleeping_trials(state) == 2, proc, log, "both trials sleep in epoch 1")
-        os.killpg(proc.pid, signal.SIGINT)
-    except BaseException:
-        _end(proc)
-        raise
+    space, proc, log, before, _ = _signal_when_both_sleep(tmp_path, data_root, 1, _ctrl_c)
     table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
     assert list(table["epochs"]) == [0, 0]
 
 
 def test_sigterm_to_the_driver_mid_epoch(tmp_path, data_root):
     """A batch scheduler's SIGTERM, to the driver process only."""
-    space = _space(tmp_path, data_root)
-    _, before = _previous_export(tmp_path)
-    state = tmp_path / "faults"
-    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=2)}))
-    try:
-        _wait(lambda: _sleeping_trials(state) == 2, proc, log, "both trials sleep in epoch 2")
-        proc.send_signal(signal.SIGTERM)
-    except BaseException:
-        _end(proc)
-        raise
+    space, proc, log, before, _ = _signal_when_both_sleep(tmp_path, data_root, 2,
+                                                          lambda p: p.send_signal(signal.SIGTERM))
     _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
 
 
