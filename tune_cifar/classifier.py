@@ -159,13 +159,6 @@ class Classifier(nn.Module):
                             f"{'; '.join(p for p in parts if p)} parameter names")
         return net.eval()
 
-    def to_export(self, dest: Path, config: dict, **kwargs) -> Path:
-        """Write an export folder holding this model (see tune_cifar.export.write_export)."""
-        from .export import write_export
-
-        payload = {"state_dict": self.state_dict(), "hyper_parameters": self.hparams_dict()}
-        return write_export(dest, payload, config, **kwargs)
-
 
 def probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
     """softmax (multiclass); sigmoid P(class 1) [B] (binary); sigmoid [B, K] (multilabel). Float32."""

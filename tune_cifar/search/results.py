@@ -243,6 +243,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
     from ..classifier import Classifier
     from ..evaluation import evaluate
+    from ..export import write_export
     from ..faults import driver_fault
     from ..training import quiet
     from . import interrupt
@@ -286,9 +287,9 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     metrics.update(evaluate(classifier, cfg, arrays).metrics)
     # a signal now waits: the new export replaces the old one whole, or (interrupted) not at all
     with interrupt.deferred() as received:
-        dest = classifier.to_export(paths.export_dir, config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
-                                    experiment=s.experiment, link_root=paths.link_root,
-                                    before_replace=received.raise_if_any)
+        dest = write_export(paths.export_dir, classifier, config=cfg.to_dict(), metrics=metrics,
+                            hyperparameters=values, experiment=s.experiment, link_root=paths.link_root,
+                            before_replace=received.raise_if_any)
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")
