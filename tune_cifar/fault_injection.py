@@ -1,6 +1,7 @@
 """Test-only fault injection for search trials, read from ``TUNE_CIFAR_TEST_FAULTS`` (see tune_cifar/faults.py).
 
-Imported by ``faults.trial_callbacks`` only when that variable is set: never in normal use.
+Imported by ``faults.trial_callbacks`` only when that variable is set: never in normal use. faults.py
+owns the variable's name and passes it in (``env``): this module imports nothing of faults.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-
-from .faults import TEST_FAULTS_ENV
 
 FAULTS = ("raise", "nan", "oom", "exit", "sleep", "slow_stop")
 
@@ -35,23 +34,24 @@ def _matches(when: dict, values: dict) -> bool:
     return True
 
 
-def injected_fault_rules() -> list[dict]:
-    raw = os.environ.get(TEST_FAULTS_ENV, "").strip()
+def injected_fault_rules(env: str) -> list[dict]:
+    """The rules in the environment variable ``env`` (faults.TEST_FAULTS_ENV)."""
+    raw = os.environ.get(env, "").strip()
     if not raw:
         return []
     rules = json.loads(raw)
     rules = rules if isinstance(rules, list) else [rules]
     for r in rules:
         if r.get("fault", "raise") not in FAULTS:
-            raise ValueError(f"{TEST_FAULTS_ENV}: fault {r.get('fault')!r}; allowed: {', '.join(FAULTS)}")
+            raise ValueError(f"{env}: fault {r.get('fault')!r}; allowed: {', '.join(FAULTS)}")
     return rules
 
 
 class FaultInjection(pl.Callback):
     """Apply one test fault at the start of a given epoch (see the module docstring)."""
 
-    def __init__(self, rule: dict, trial_id: str | None):
-        self.rule = rule
+    def __init__(self, rule: dict, trial_id: str | None, env: str):
+        self.rule, self.env = rule, env
         state = Path(rule.get("state_dir") or Path(tempfile.gettempdir()) / "tune_cifar_faults")
         self.marker_dir = state / trial_id if trial_id else None
 
@@ -77,7 +77,7 @@ class FaultInjection(pl.Callback):
                 (self.marker_dir / f".test_fault_{time.time_ns()}").touch()
         fault, where = rule.get("fault", "raise"), f"epoch {trainer.current_epoch + 1}"
         if fault == "raise":
-            raise InjectedFault(f"injected fault at {where} ({TEST_FAULTS_ENV})")
+            raise InjectedFault(f"injected fault at {where} ({self.env})")
         if fault == "oom":
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB (injected at {where})")
         if fault == "exit":
@@ -90,14 +90,14 @@ class FaultInjection(pl.Callback):
                 p.fill_(float("nan"))
 
 
-def fault_callbacks(values: dict, trial_id: str | None = None) -> list[pl.Callback]:
-    """One ``FaultInjection`` per rule whose ``when`` matches the trial's sampled values."""
-    return [FaultInjection(r, trial_id) for r in injected_fault_rules()
+def fault_callbacks(env: str, values: dict, trial_id: str | None = None) -> list[pl.Callback]:
+    """One ``FaultInjection`` per rule in ``env`` whose ``when`` matches the trial's sampled values."""
+    return [FaultInjection(r, trial_id, env) for r in injected_fault_rules(env)
             if "stage" not in r and _matches(r.get("when", {}), values)]
 
 
-def driver_fault(stage: str) -> None:
-    """A ``sleep`` rule with ``"stage": stage`` holds the search's driver there (to interrupt it there)."""
-    for rule in injected_fault_rules():
+def driver_fault(env: str, stage: str) -> None:
+    """A ``sleep`` rule in ``env`` with ``"stage": stage`` holds the search's driver there (to interrupt it there)."""
+    for rule in injected_fault_rules(env):
         if rule.get("stage") == stage and rule.get("fault") == "sleep":
             time.sleep(float(rule.get("seconds", 3600)))

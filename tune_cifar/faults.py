@@ -74,7 +74,7 @@ def trial_callbacks(values: dict, trial_id: str | None = None) -> list[pl.Callba
         return [NonFiniteLossCallback()]
     from .fault_injection import fault_callbacks  # test-only: loaded only when TUNE_CIFAR_TEST_FAULTS is set
 
-    return [NonFiniteLossCallback(), *fault_callbacks(values, trial_id)]
+    return [NonFiniteLossCallback(), *fault_callbacks(TEST_FAULTS_ENV, values, trial_id)]
 
 
 def driver_fault(stage: str) -> None:
@@ -82,4 +82,4 @@ def driver_fault(stage: str) -> None:
     if os.environ.get(TEST_FAULTS_ENV, "").strip():
         from .fault_injection import driver_fault as hold
 
-        hold(stage)
+        hold(TEST_FAULTS_ENV, stage)
