@@ -1,23 +1,18 @@
-"""Config-key reflection for search spaces: which dotted keys exist, which the search owns, and
-whether every sampled value makes a valid config (types, allowed values, model names).
+"""Config-key reflection for search spaces: which dotted keys exist and which the search owns.
+Whether every sampled value makes a valid config is checked per parameter: ``params.check_values``.
 
 No Ray here.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import types
 import typing
-from typing import TYPE_CHECKING, Optional
 
-from ..config import Config, config_from_dict, set_dotted
+from ..config import Config
 from ..errors import UserError, allowed
-
-if TYPE_CHECKING:
-    from .params import Param
 
 
 # Set by the search itself, never sampled: key -> what to use instead.
@@ -93,47 +88,3 @@ def get_dotted(data: dict, key: str):
             return None
         node = node[part]
     return node
-
-
-def check_values(where: str, base: dict, key: str, param: Param, parent: Optional[str]) -> None:
-    """Every choice and both bounds must make a valid config (types, allowed values)."""
-    for pv, dist in param.dists.items():
-        for v in dist.examples():
-            d = copy.deepcopy(base)
-            if parent is not None:
-                set_dotted(d, parent, pv)
-            set_dotted(d, key, copy.deepcopy(v))
-            try:
-                config_from_dict(d)
-            except UserError as err:
-                msg = str(err).removeprefix("config: ")
-                raise UserError(f"{where}: value {v!r} does not fit the config: {msg}") from None
-
-
-def check_models(path: str, base: dict, params: dict) -> None:
-    """model.model_name values must exist in their provider (timm, torchvision, builtin)."""
-    from ..models import check_model_name, list_models
-
-    name_p, prov_p = params.get("model.model_name"), params.get("model.provider_name")
-    if name_p is None and prov_p is None:
-        try:
-            check_model_name(base["model"]["provider_name"], base["model"]["model_name"])
-        except UserError as err:
-            raise UserError(f"{path}: base config: {str(err).removeprefix('config: ')}") from None
-        return
-
-    providers = [o for d in prov_p.dists.values() for o in d.examples()] if prov_p else [base["model"]["provider_name"]]
-    for provider in providers:
-        if name_p is None:
-            names = [base["model"]["model_name"]]
-        elif name_p.depends_on == "model.provider_name":
-            names = name_p.dists[provider].examples()
-        else:
-            names = [o for d in name_p.dists.values() for o in d.examples()]
-        for name in names:
-            try:
-                check_model_name(provider, str(name))  # what create_model accepts (timm tags included)
-            except UserError:
-                close = difflib.get_close_matches(str(name), list_models(provider), n=3)
-                raise UserError(f"{path}: params.model.model_name: {name!r} is not a {provider} model"
-                                f"{'; close: ' + ', '.join(close) if close else ''}") from None

@@ -1,12 +1,15 @@
 """The ``params`` section of a search-space file: distributions (``Dist``), parameters with their conditions
-and parents (``Param``), and their parsing. Every error is one line naming the file and key."""
+and parents (``Param``), their parsing, and the check that every value they can take makes a valid config
+(``check_values``, ``check_models``). Every error is one line naming the file and key."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..config import config_from_dict, set_dotted
 from ..data.sources import source_keys
 from ..errors import UserError, allowed
 from .keys import LOADED_ONCE, RESERVED, check_key
@@ -194,3 +197,50 @@ def _check_ref(where: str, key: str, above: dict) -> None:
     check_key(where, key)
     if key in RESERVED and key not in above:
         raise UserError(f"{where}: {key} is set by the search; it cannot be a condition")
+
+
+# --------------------------------------------------------------------------- values against the config
+
+
+def check_values(where: str, base: dict, key: str, param: Param, parent: Optional[str]) -> None:
+    """Every choice and both bounds must make a valid config (types, allowed values)."""
+    for pv, dist in param.dists.items():
+        for v in dist.examples():
+            d = copy.deepcopy(base)
+            if parent is not None:
+                set_dotted(d, parent, pv)
+            set_dotted(d, key, copy.deepcopy(v))
+            try:
+                config_from_dict(d)
+            except UserError as err:
+                msg = str(err).removeprefix("config: ")
+                raise UserError(f"{where}: value {v!r} does not fit the config: {msg}") from None
+
+
+def check_models(path: str, base: dict, params: dict) -> None:
+    """model.model_name values must exist in their provider (timm, torchvision, builtin)."""
+    from ..models import check_model_name, list_models
+
+    name_p, prov_p = params.get("model.model_name"), params.get("model.provider_name")
+    if name_p is None and prov_p is None:
+        try:
+            check_model_name(base["model"]["provider_name"], base["model"]["model_name"])
+        except UserError as err:
+            raise UserError(f"{path}: base config: {str(err).removeprefix('config: ')}") from None
+        return
+
+    providers = [o for d in prov_p.dists.values() for o in d.examples()] if prov_p else [base["model"]["provider_name"]]
+    for provider in providers:
+        if name_p is None:
+            names = [base["model"]["model_name"]]
+        elif name_p.depends_on == "model.provider_name":
+            names = name_p.dists[provider].examples()
+        else:
+            names = [o for d in name_p.dists.values() for o in d.examples()]
+        for name in names:
+            try:
+                check_model_name(provider, str(name))  # what create_model accepts (timm tags included)
+            except UserError:
+                close = difflib.get_close_matches(str(name), list_models(provider), n=3)
+                raise UserError(f"{path}: params.model.model_name: {name!r} is not a {provider} model"
+                                f"{'; close: ' + ', '.join(close) if close else ''}") from None

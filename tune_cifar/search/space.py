@@ -20,8 +20,8 @@ from ..config import Config, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed
 from ..metrics import check_metrics
 from ..packaged import find_space
-from .keys import RESERVED, check_models, check_scoring, check_values, get_dotted
-from .params import KINDS, Dist, Param, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
+from .keys import RESERVED, check_scoring, get_dotted
+from .params import KINDS, Dist, Param, check_models, check_values, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
 from .yamlfile import load_yaml
 
