@@ -353,3 +353,56 @@ def test_labels_csv_naming_images_outside_the_dataset(tmp_path, name):
                "task=classification_multilabel", "data.num_classes=2", *base)
     refused(proc, "train", "labels.csv:", f"image {name} is outside data.dataset_path={root}")
     assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- non-finite numbers (issue 17, item 5)
+
+
+@pytest.mark.parametrize("case", variants(
+    ("optimizer.lr=nan", "optimizer.lr=nan"),
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay=inf"),
+    ("task.label_smoothing=-inf", "task.label_smoothing=-inf"),
+    ("data.val_fraction=NaN", "data.val_fraction=nan"),
+    ("+model.model_kwargs.drop_rate=nan", "model.model_kwargs.drop_rate=nan"),  # free mappings too
+    ("trainer.limit_train_batches=1e999", "trainer.limit_train_batches=inf"),
+))
+def test_train_refuses_non_finite_numbers(cifar10_root, tmp_path, case):
+    """One check where the typed config is built: every number, whatever its key, is finite."""
+    override, needle = case
+    out = tmp_path / "outputs"
+    refused(cli("train", *train_args(cifar10_root, out, override)), "train", needle, "allowed: a finite number")
+    assert not out.exists()
+
+
+def test_a_config_dir_file_with_yaml_nan(cifar10_root, tmp_path):
+    """YAML's own spelling, in the user's --config-dir group file, is refused the same way."""
+    (tmp_path / "mine" / "optimizer").mkdir(parents=True)
+    (tmp_path / "mine" / "optimizer" / "odd.yaml").write_text("defaults: [sgd, _self_]\nmomentum: .nan\n")
+    out = tmp_path / "outputs"
+    proc = cli("train", "--config-dir", tmp_path / "mine", *train_args(cifar10_root, out, "optimizer=odd"))
+    refused(proc, "train", "optimizer.momentum=nan", "allowed: a finite number")
+    assert not out.exists()
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("case", variants(
+    ({"optimizer.lr": {"loguniform": [1e-5, INF]}}, (), "params.optimizer.lr.loguniform[1]=inf"),
+    ({"optimizer.weight_decay": {"choice": [0.0, NAN]}}, (), "params.optimizer.weight_decay.choice[1]=nan"),
+    ({"optimizer.weight_decay": {"uniform": [-INF, 0.1]}}, (), "params.optimizer.weight_decay.uniform[0]=-inf"),
+    ({}, ("search.resources.cpu=nan",), "search.resources.cpu=nan"),  # YAML reads the word: said the same way
+    ({}, ("search.scheduler.reduction_factor=.inf",), "search.scheduler.reduction_factor=inf"),
+    ({}, ("optimizer.weight_decay=inf",), "base config: optimizer.weight_decay=inf"),
+), ids=["bound", "choice", "low", "search override", "search yaml inf", "base override"])
+@pytest.mark.parametrize("debug", variants(True, False))
+def test_search_refuses_non_finite_numbers(cifar10_root, tmp_path, case, debug):
+    """Search-space bounds and choices (written by yaml as .inf, .nan) and search.* numbers."""
+    params, overrides, needle = case
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 1})
+    doc = yaml.safe_load(space.read_text())
+    doc["params"].update(params)
+    space.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = cli("search", space, *overrides, *(["--debug"] if debug else []))
+    refused(proc, "search", needle, "allowed: a finite number")
+    assert not (tmp_path / "outputs").exists()

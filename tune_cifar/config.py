@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import FOLDER_NAME, UserError, allowed, check_choice, is_folder_name
+from .errors import FOLDER_NAME, UserError, allowed, check_choice, check_finite, is_folder_name
 from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
 from .plugins import load_plugins
 
@@ -184,7 +184,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return check_finite(key, float(value))  # NaN and inf: refused for every number, here once
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            check_finite(key, float(value))  # the words, as YAML reads a search.* override: said the same way
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -192,9 +194,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None:
             return {}
         if isinstance(value, dict):
-            return value
-    else:  # pragma: no cover - all hints above
-        return value
+            return check_finite(key, value)  # free mappings (model_kwargs, metrics) too
+    else:  # lists (search.searcher.points_to_evaluate)
+        return check_finite(key, value)
     name = getattr(hint, "__name__", str(hint))
     raise UserError(f"config: {key}={value!r} must be of type {name}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
@@ -28,6 +29,30 @@ def check_choice(key: str, value, choices: Iterable, where: str = "config") -> N
     choices = list(choices)
     if value not in choices:
         raise UserError(f"{where}: {key}={value!r} is not allowed; allowed: {allowed(choices)}")
+
+
+def nonfinite(value, key: str) -> tuple[str, float] | None:
+    """The dotted key and value of the first NaN or infinite number in ``value`` (nested mappings and
+    lists included), or None. YAML's ``.nan``/``.inf`` and the overrides ``nan``, ``inf``, ``-inf``,
+    ``1e999`` all arrive as such floats."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (key, value)
+    if isinstance(value, dict):
+        items = ((f"{key}.{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{key}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((bad for bad in (nonfinite(v, k) for k, v in items) if bad), None)
+
+
+def check_finite(key: str, value, where: str = "config"):
+    """Refuse NaN and infinities anywhere in ``value``: no config value or search bound means one (a NaN
+    learning rate trains to a NaN loss and "succeeds"; null is how a key says "none"). Returns ``value``."""
+    bad = nonfinite(value, key)
+    if bad is not None:
+        raise UserError(f"{where}: {bad[0]}={bad[1]!r} is not allowed; allowed: a finite number")
+    return value
 
 
 FOLDER_NAME = "letters, digits, _ . - (one folder name inside the output folder, not . or ..)"

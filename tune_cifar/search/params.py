@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..config import config_from_dict, set_dotted
 from ..data.sources import source_keys
-from ..errors import UserError, allowed
+from ..errors import UserError, allowed, nonfinite
 from .keys import LOADED_ONCE, RESERVED, check_key
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
@@ -89,6 +89,9 @@ class Dist:
 
 
 def parse_dist(where: str, kind: str, args) -> Dist:
+    bad = nonfinite(args, "")  # bounds, choices and values: NaN or inf is never meant (.nan, .inf in YAML)
+    if bad:
+        raise UserError(f"{where}{bad[0]}={bad[1]!r} is not allowed; allowed: a finite number")
     if kind == "value":
         return Dist("value", (args,))
     if kind == "choice":
