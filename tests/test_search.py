@@ -220,7 +220,7 @@ def _fake_result(tmp_path, trial_id: str, accs: list, checkpoints=(), error=None
 
     import pandas as pd
 
-    from tune_cifar.search.results import STOP_REASON
+    from tune_cifar.search.names import STOP_REASON
 
     df = pd.DataFrame({"training_iteration": range(1, len(accs) + 1), "accuracy/val": accs,
                        "time_total_s": [float(i) for i in range(1, len(accs) + 1)]})

@@ -52,7 +52,7 @@ def run_trials(storage, name: str, run: str | None):
     """The Optuna trials of one search run (the study may hold earlier, warm-started ones too)."""
     import optuna
 
-    from .study import RUN
+    from .names import RUN
 
     study = optuna.load_study(study_name=name, storage=storage)
     return [t for t in study.get_trials(deepcopy=False) if run is None or t.user_attrs.get(RUN) == run]

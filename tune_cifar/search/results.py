@@ -12,11 +12,10 @@ from pathlib import Path
 from ..errors import UserError
 from ..metrics import in_stage
 from . import pbt, storage
+from .names import STOP_REASON, checkpoint_file
 from .space import SearchSpace
 
 log = logging.getLogger("tune_cifar")
-
-STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
 
 PEAK_METRIC = "memory/cuda_peak_mb"  # training.WorkerMemory.PEAK (not imported: training loads Lightning)
 PEAK_GPU = "peak_gpu_mb"  # its results.csv column: what a trial needs, to choose search.resources.gpu
@@ -247,7 +246,6 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     from ..faults import driver_fault
     from ..training import quiet
     from . import interrupt
-    from .trainable import checkpoint_file
 
     quiet()
     space, paths = plan.space, plan.paths

@@ -37,10 +37,9 @@ from pathlib import Path
 from ray.tune.search.optuna import OptunaSearch
 
 from ..errors import UserError
-from .results import STOP_REASON  # in the last report of a trial ended by a non-finite loss
+from .names import BEST_EPOCH, ENDED, RAY_TRIAL, RUN, STOP_REASON
 
 STUDY_FILE = "optuna.db"  # the default study, in the run folder
-RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
 
 
 def default_storage_url(run_dir: str | Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import torch
 from ray import tune
@@ -19,21 +18,15 @@ from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from ..hparams_restore import KeepConfiguredHyperparameters, LogLearningRate
+from .names import CHECKPOINT_FILE, STOP_REASON, checkpoint_file
 from .pbt import LR_METRIC
-from .results import STOP_REASON
 from .space import SearchSpace
 from ..training import WorkerMemory, fit, quiet, release_memory
-
-CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
 
 
 def reported_metrics(cfg: Config) -> list[str]:
     """What each report holds: the validation loss and metrics (Lightning's names, e.g. accuracy/val)."""
     return logged_keys(cfg.task, "val")
-
-
-def checkpoint_file(directory: str | Path) -> Path:
-    return Path(directory) / CHECKPOINT_FILE
 
 
 def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:

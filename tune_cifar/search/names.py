@@ -1,0 +1,19 @@
+"""Names the search's modules share, so that none imports another just for a name (no import circles):
+what a trial reports and where its checkpoint lies (trainable writes them, results reads them), and the
+attributes of an Optuna trial (study writes them, importance and results read them). No Ray here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
+CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
+
+# User attributes of each Optuna trial: the results.csv trial_id, the run folder's name, its best epoch,
+# and how the trial ended (see study.py)
+RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
+
+
+def checkpoint_file(directory: str | Path) -> Path:
+    """The Lightning checkpoint inside a Ray checkpoint directory of a trial."""
+    return Path(directory) / CHECKPOINT_FILE
