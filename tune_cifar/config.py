@@ -1,6 +1,10 @@
-"""Typed configuration: Hydra composes YAML at the edge, this module validates it once.
+"""The config's way in: Hydra composes YAML at the edge, this module builds the typed sections
+(``sections.py``) from the plain dict and validates them once (``config_from_dict``, ``load_config``).
 
-Inside the package, code takes these dataclasses, never raw dicts.
+Inside the package, code takes these dataclasses, never raw dicts. The sections are importable from here
+too (``from tune_cifar.config import Config``): one import for code that loads a config and uses it.
+The allowed values of the registries (optimizers, schedules, data sources) are read when a config is
+checked: those registries import the sections, never this module.
 """
 
 from __future__ import annotations
@@ -9,153 +13,24 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from .errors import FOLDER_NAME, UserError, allowed, check_choice, check_finite, is_folder_name
 from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
 from .plugins import load_plugins
+from .sections import (AugmentConfig, Config, DataConfig, FirstConvModifier, LastLayerModifier,  # noqa: F401
+                       ModelConfig, ModifiersConfig, OptimizerConfig, RunConfig, SchedulerConfig, TaskConfig,
+                       TrainerConfig)
 
 TASKS = ("classification_binary", "classification_multiclass", "classification_multilabel")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64", "64-true")
 
 
-@dataclass
-class RunConfig:
-    experiment: str = "cifar10_resnet18"
-    predict: bool = False
-    checkpoint_path: Optional[str] = None
-    resume: bool = False  # with checkpoint_path: True resumes training state, False loads weights only
-    seed: int = 42
-    output_dir: str = "outputs"
-
-
-@dataclass
-class AugmentConfig:
-    crop_padding: int = 4
-    flip: bool = True
-    cutout: int = 0
-
-
-@dataclass
-class DataConfig:
-    name: str = "cifar10"
-    num_classes: int = 10
-    dataset_path: str = "data"
-    download: bool = True
-    train_batch_size: int = 128
-    inference_batch_size: int = 512
-    num_workers: int = 0
-    val_fraction: float = 0.1
-    train_subset: Optional[int] = None
-    val_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    cifar100_labels: str = "fine"
-    image_size: Optional[int] = None
-    labels_csv: Optional[str] = None
-    label_groups: Optional[dict] = None  # {"vehicle": ["airplane", ...], "animal": [...]}
-    on_device: Optional[bool] = None  # keep the uint8 data on the training device; None: on GPUs
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-@dataclass
-class TaskConfig:
-    task: str = "classification_multiclass"
-    label_smoothing: float = 0.0
-    threshold: float = 0.5  # binary / multilabel decision threshold
-    monitor: str = "accuracy/val"
-    monitor_mode: Optional[str] = None  # max or min; None: min for a loss (loss/val), else max
-    # The metrics to compute. Users write them as optimizer.metrics (the seed's key); once parsed they
-    # are the task's (config_from_dict copies them here), so metric code never reads the optimizer section.
-    metrics: dict = field(default_factory=dict)
-
-
 def default_mode(metric: str) -> str:
     """The direction of a metric given without one: a loss (``loss/val``) is minimised, others maximised."""
     return "min" if metric.split("/")[0].startswith("loss") else "max"
-
-
-@dataclass
-class TrainerConfig:
-    accelerator: str = "auto"
-    devices: int = 1
-    max_epochs: int = 10
-    val_check_interval: Union[int, float] = 1.0  # Lightning's meaning: int batches, float epoch fraction
-    check_val_every_n_epoch: int = 1
-    log_every_n_steps: int = 50
-    fast_dev_run: bool = False
-    limit_train_batches: Optional[Union[int, float]] = None  # likewise
-    limit_val_batches: Optional[Union[int, float]] = None
-    limit_test_batches: Optional[Union[int, float]] = None
-    precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
-    gradient_clip_val: Optional[float] = None
-    enable_progress_bar: bool = True
-
-
-@dataclass
-class FirstConvModifier:
-    num_input_channels: int
-
-
-@dataclass
-class LastLayerModifier:
-    num_outputs: int
-
-
-@dataclass
-class ModifiersConfig:
-    cifar_stem: bool = False
-    change_first_convolutional_layer: Optional[FirstConvModifier] = None
-    change_last_layer: Optional[LastLayerModifier] = None
-    change_last_layer_to_identity: bool = False
-
-
-@dataclass
-class ModelConfig:
-    provider_name: str = "timm"
-    model_name: str = "resnet18"
-    model_kwargs: dict = field(default_factory=dict)
-    modifiers: ModifiersConfig = field(default_factory=ModifiersConfig)
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 30  # epochs, for "step"
-    gamma: float = 0.1
-
-
-@dataclass
-class OptimizerConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    nesterov: bool = False
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    metrics: dict = field(default_factory=lambda: {"accuracy": {}})
-
-
-@dataclass
-class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-
-    def to_dict(self) -> dict:
-        """The config as users write it (task.metrics is optimizer.metrics: not written twice)."""
-        data = dataclasses.asdict(self)
-        data["task"].pop("metrics", None)
-        return data
 
 
 # --------------------------------------------------------------------------- parsing

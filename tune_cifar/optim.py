@@ -5,7 +5,7 @@ Adding one is one registered function plus one YAML file in ``config/optimizer/`
     from tune_cifar.optim import register_optimizer
 
     @register_optimizer("rmsprop")
-    def rmsprop(groups, cfg):              # cfg: config.OptimizerConfig
+    def rmsprop(groups, cfg):              # cfg: sections.OptimizerConfig
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 ``groups`` are the parameter groups (weight decay on weights, none on biases and norms).
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 if TYPE_CHECKING:
-    from .config import OptimizerConfig, SchedulerConfig
+    from .sections import OptimizerConfig, SchedulerConfig
 
 OptimizerFactory = Callable[[list, "OptimizerConfig"], torch.optim.Optimizer]
 ScheduleFactory = Callable[[torch.optim.Optimizer, "OptimizerConfig", "Steps"], torch.optim.lr_scheduler.LRScheduler]
