@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from tune_cifar.hparams_restore import KeepConfiguredHyperparameters
+from tune_cifar.training import KeepConfiguredHyperparameters
 from tune_cifar.optim import lr_factor
 
 

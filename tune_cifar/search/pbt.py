@@ -10,7 +10,7 @@ or with ``resample_probability`` drawn anew), clipped to the space's bounds.
   ``points_to_evaluate`` first), and the distributions are PBT's ``hyperparam_mutations``.
 - Only keys whose new value takes effect in a restored trial may be searched (MUTABLE): the model,
   batch size, optimizer or schedule type of a donor's checkpoint cannot change in mid-training.
-- The mutated optimizer values survive the restore: tune_cifar.hparams_restore, in every trial.
+- The mutated optimizer values survive the restore: training.KeepConfiguredHyperparameters, in every trial.
 - Ray logs each exploit to ``pbt_global.txt`` in the run folder (and the lineage of each trial to
   ``pbt_policy_<trial id>.txt``), naming trials by tag; ``RecordingPBT`` writes the same events by
   trial id to ``pbt_exploits.jsonl``, which results.csv (``exploits``, ``cloned_from``) and the plot read.

@@ -17,11 +17,10 @@ from ..config import Config
 from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
-from ..hparams_restore import KeepConfiguredHyperparameters, LogLearningRate
 from .names import CHECKPOINT_FILE, STOP_REASON, checkpoint_file
 from .pbt import LR_METRIC
 from .space import SearchSpace
-from ..training import WorkerMemory, fit, quiet, release_memory
+from ..training import KeepConfiguredHyperparameters, LogLearningRate, WorkerMemory, fit, quiet, release_memory
 
 
 def reported_metrics(cfg: Config) -> list[str]:
