@@ -406,3 +406,99 @@ def test_search_refuses_non_finite_numbers(cifar10_root, tmp_path, case, debug):
     proc = cli("search", space, *overrides, *(["--debug"] if debug else []))
     refused(proc, "search", needle, "allowed: a finite number")
     assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- plugins and the user's own files (items 7, 8)
+
+
+def plugin_cli(tmp_path: Path, source: str, prog: str, *args) -> tuple[subprocess.CompletedProcess, Path]:
+    """``prog`` run with the user's module ``my_plugin`` (``source``) named in TUNE_CIFAR_PLUGINS."""
+    folder = tmp_path / "plugins"
+    folder.mkdir(exist_ok=True)
+    (folder / "my_plugin.py").write_text(source)
+    env = {**os.environ, "TUNE_CIFAR_PLUGINS": "my_plugin",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", f"tune_cifar.{prog}", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    return proc, folder / "my_plugin.py"
+
+
+# every registry, one rule: (import, registration, kind, name, who registered it first)
+REGISTRATIONS = {
+    "optimizer": ("from tune_cifar.optim import register_optimizer", '@register_optimizer("sgd")',
+                  "optimizer 'sgd'", "tune_cifar.optim"),
+    "schedule": ("from tune_cifar.optim import register_schedule", '@register_schedule("cosine")',
+                 "LR schedule 'cosine'", "tune_cifar.optim"),
+    "provider": ("from tune_cifar.models import register_provider", '@register_provider("timm", list_models=list)',
+                 "model provider 'timm'", "tune_cifar.models"),
+    "builtin model": ("from tune_cifar.models import register_builtin", '@register_builtin("small_cnn")',
+                      "builtin model 'small_cnn'", "tune_cifar.models"),
+    "searcher": ("from tune_cifar.search.registry import register_searcher", '@register_searcher("tpe")',
+                 "searcher 'tpe'", "tune_cifar.search.registry"),
+    "scheduler": ("from tune_cifar.search.registry import register_scheduler", '@register_scheduler("asha")',
+                  "scheduler 'asha'", "tune_cifar.search.registry"),
+}
+
+
+@pytest.mark.parametrize("kind", variants("optimizer", *(k for k in REGISTRATIONS if k != "optimizer"), "source"))
+def test_a_plugin_that_registers_an_existing_name(cifar10_root, tmp_path, kind):
+    """A name is registered once, in every registry: a plugin repeating one is refused (it would silently
+    replace ours: the run "succeeded" with a NaN loss), in one line naming the plugin, its line and the name."""
+    if kind == "source":
+        source, line, needle, first = ('from tune_cifar.data.sources import register_source\n\n\n'
+                                       'def load(path):\n    return None\n\n\nregister_source("cifar10", load)\n',
+                                       8, "dataset source 'cifar10'", "tune_cifar.data.cifar")
+    else:
+        imp, deco, needle, first = REGISTRATIONS[kind]
+        source, line = f"{imp}\n\n\n{deco}\ndef mine(*args, **kwargs):\n    return None\n", 4
+    out = tmp_path / "outputs"
+    proc, path = plugin_cli(tmp_path, source, "train", *train_args(cifar10_root, out))
+    refused(proc, "train", f"TUNE_CIFAR_PLUGINS: plugin my_plugin ({path}, line {line})",
+            f"my_plugin registers {needle}, which {first} has registered already", "replace=True")
+    assert not out.exists()
+
+
+def test_replace_true_replaces_a_registration_on_purpose(monkeypatch):
+    from tune_cifar import optim
+
+    monkeypatch.setattr(optim, "OPTIMIZERS", dict(optim.OPTIMIZERS))
+
+    @optim.register_optimizer("sgd", replace=True)
+    def mine(groups, cfg):
+        return None
+
+    assert optim.OPTIMIZERS["sgd"] is mine
+
+
+@pytest.mark.parametrize("case", variants(
+    ("import os\n\ndef broken(:\n    pass\n", 3, "SyntaxError: invalid syntax"),
+    ("import os\n\n\nraise RuntimeError('no licence\\nfound')\n", 4, "RuntimeError: no licence found"),
+    ("import os\nimport not_installed_anywhere\n", 2, "ModuleNotFoundError: No module named 'not_installed_anywhere'"),
+), ids=["syntax", "raises", "imports a missing module"])
+def test_a_plugin_that_fails_to_import(cifar10_root, tmp_path, case):
+    source, line, needle = case
+    out = tmp_path / "outputs"
+    proc, path = plugin_cli(tmp_path, source, "train", *train_args(cifar10_root, out))
+    refused(proc, "train", f"TUNE_CIFAR_PLUGINS: plugin my_plugin ({path}, line {line}): {needle}",
+            "python -c 'import my_plugin' shows the traceback")
+    assert not out.exists()
+
+
+def test_a_config_dir_file_that_is_not_yaml(cifar10_root, tmp_path):
+    """A YAML syntax error in the user's --config-dir group file: its path and line, not Hydra's 99 lines."""
+    group = tmp_path / "mine" / "model"
+    group.mkdir(parents=True)
+    (group / "my_net.yaml").write_text("defaults: [small_cnn, _self_]\nmodel_name: [tiny_cnn\nwidth: 3\n")
+    out = tmp_path / "outputs"
+    proc = cli("train", "--config-dir", tmp_path / "mine", *train_args(cifar10_root, out, "model=my_net"))
+    refused(proc, "train", f"config: {group / 'my_net.yaml'}, line 3, column 6: not valid YAML: expected ',' or ']'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("debug", DEBUG)
+def test_a_space_file_that_is_not_yaml(cifar10_root, tmp_path, debug):
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 1})
+    space.write_text(space.read_text().replace("params:\n", "params:\n  optimizer.weight_decay: {choice: [0.0, 1\n", 1))
+    proc = cli("search", space, *(["--debug"] if debug else []))
+    refused(proc, "search", f"{space}, line ", ": not valid YAML: ")
+    assert not (tmp_path / "outputs").exists()

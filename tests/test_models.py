@@ -234,7 +234,7 @@ def test_list_models_and_register_builtin(monkeypatch):
 
     assert "linear" in list_models("builtin")
     assert run(create_model("builtin", "linear", 3), size=8).shape == (2, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="builtin model 'linear', which .* has registered already"):
         register_builtin("linear")(linear)
 
 
@@ -370,7 +370,7 @@ def test_register_provider_is_one_registration_for_create_list_and_check(monkeyp
         create_model("toy", "deep", 10)
     assert run(create_model("toy", "wide", 5, in_chans=1, width=8), in_chans=1, size=8).shape == (2, 5)
     assert made[-1] == ("wide", 5, 1, False, True, 8)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UserError, match="registers model provider 'toy', which .* has registered already"):
         register_provider("toy", list_models=list)(toy)
     spec = ModelSpec("toy", "flat", num_classes=3, last_layer_outputs=2)
     assert run(build_model(spec, fetch=False), size=8).shape == (2, 2) and made[-1][4] is False

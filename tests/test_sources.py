@@ -565,7 +565,7 @@ def test_registered_source_is_one_registration_for_config_loader_and_search(toy_
     from tune_cifar.search.params import parse_param
     from tune_cifar.train import run
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UserError, match="registers dataset source 'toy', which .* has registered already"):
         sources.register_source("toy", _toy_arrays)
     with pytest.raises(ValueError, match="unknown needs"):
         sources.register_source("toy2", _toy_arrays, needs=("colour",))

@@ -226,7 +226,7 @@ def test_bad_search_section(tmp_path, case):
 def test_bad_yaml_and_overrides(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("params: {optimizer.lr: [\n")
-    with pytest.raises(UserError, match=r"broken.yaml: not valid YAML"):
+    with pytest.raises(UserError, match=r"broken.yaml, line 2, column 1: not valid YAML: "):
         load_space(path)
     with pytest.raises(UserError, match=r"missing.yaml: search-space file not found"):
         load_space(tmp_path / "missing.yaml")
@@ -237,7 +237,7 @@ def test_bad_yaml_and_overrides(tmp_path):
         load_space(good, ["trainer.max_epochs=3"])
     with pytest.raises(UserError, match=r"unknown key search.bogus"):
         load_space(good, ["search.bogus=1"])
-    with pytest.raises(UserError, match=r"^override search.resources=\{cpu: 2: not a valid YAML value: "):
+    with pytest.raises(UserError, match=r"^override search.resources=\{cpu: 2, line 1, column \d+: not valid YAML: "):
         load_space(good, ["search.resources={cpu: 2"])
     with pytest.raises(UserError, match=rf"^{tmp_path}: cannot read the search-space file \(IsADirectoryError\)"):
         load_space(tmp_path)

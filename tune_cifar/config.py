@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .errors import FOLDER_NAME, UserError, allowed, check_choice, check_finite, is_folder_name
+from .errors import FOLDER_NAME, UserError, allowed, check_choice, check_finite, is_folder_name, yaml_error
 from .packaged import CONFIG_DIR  # tune_cifar/conf: the Hydra config groups, shipped in the wheel
 from .plugins import load_plugins
 from .sections import (AugmentConfig, Config, DataConfig, FirstConvModifier, LastLayerModifier,  # noqa: F401
@@ -203,6 +203,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     config_dir = Path(config_dir or CONFIG_DIR).resolve()
     if not (config_dir / f"{config_name}.yaml").is_file():
@@ -232,6 +233,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
         raise UserError(f"config override: {_one_line(err)}") from None
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(f"config override: {_one_line(err)}") from None
+    except YAMLError as err:  # a group file of ours or of a --config-dir folder (the mark names the file)
+        raise UserError(f"config: {yaml_error(err)}") from None
 
 
 def _one_line(err: Exception) -> str:

@@ -55,6 +55,19 @@ def check_finite(key: str, value, where: str = "config"):
     return value
 
 
+def yaml_error(err: Exception, where: str | None = None) -> str:
+    """A PyYAML error in one line: ``FILE, line L, column C: not valid YAML: PROBLEM (CONTEXT at line M)``
+    (``where`` names the file when the YAML was read from a string)."""
+    mark, context_mark = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+    name = where or getattr(mark, "name", None) or "YAML"
+    at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    if context and context_mark is not None:
+        context = f"{context} at line {context_mark.line + 1}"
+    return f"{name}{at}: not valid YAML: {problem}{f' ({context})' if context else ''}"
+
+
 FOLDER_NAME = "letters, digits, _ . - (one folder name inside the output folder, not . or ..)"
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tune_cifar.errors import UserError, allowed, check_choice
-from tune_cifar.registry import registrar
+from tune_cifar.registry import register, registrar
 
 from .modifiers import (apply_cifar_stem, change_first_conv, change_last_layer,  # noqa: F401 - also models'
                         change_last_layer_to_identity, check_positive_int)
@@ -32,9 +32,9 @@ PROBE_TIMEOUT_ENV = "TUNE_CIFAR_OFFLINE_PROBE_TIMEOUT"  # overrides PROBE_TIMEOU
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_builtin(name: str):
+def register_builtin(name: str, replace: bool = False):
     """Decorator: register ``factory(num_classes, in_chans, **kwargs)`` as builtin model ``name``."""
-    return registrar(_BUILTIN, "builtin model", name)
+    return registrar(_BUILTIN, "builtin model", name, replace)
 
 
 def _conv_block(cin: int, cout: int, pool: bool = True) -> list[nn.Module]:
@@ -137,15 +137,13 @@ PROVIDERS: dict[str, Provider] = {}
 
 
 def register_provider(name: str, *, list_models: Callable[[], list[str]],
-                      check: Callable[[str], None] | None = None):
+                      check: Callable[[str], None] | None = None, replace: bool = False):
     """Decorator: register ``create(name, num_classes, in_chans, pretrained, fetch, **kwargs)`` as model
     provider ``name`` (config ``model.provider_name``); ``fetch=False`` asks for a pretrained model's
     architecture without downloading its weights. The model name is checked before ``create`` is called."""
 
     def deco(create):
-        if name in PROVIDERS:
-            raise ValueError(f"model provider {name!r} is already registered")
-        PROVIDERS[name] = Provider(name, create, list_models, check)
+        register(PROVIDERS, "model provider", name, Provider(name, create, list_models, check), replace=replace)
         return create
 
     return deco

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .registry import registrar
+
 if TYPE_CHECKING:
     from .sections import OptimizerConfig, SchedulerConfig
 
@@ -41,20 +43,15 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {}
 SCHEDULES: dict[str, ScheduleFactory] = {}
 
 
-def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
-    """Decorator: ``optimizer.optimizer=<name>`` builds the optimizer with this function."""
-    def add(fn: OptimizerFactory) -> OptimizerFactory:
-        OPTIMIZERS[name] = fn
-        return fn
-    return add
+def register_optimizer(name: str, replace: bool = False) -> Callable[[OptimizerFactory], OptimizerFactory]:
+    """Decorator: ``optimizer.optimizer=<name>`` builds the optimizer with this function (a name once:
+    ``replace=True`` to replace one, see ``tune_cifar.registry``)."""
+    return registrar(OPTIMIZERS, "optimizer", name, replace)
 
 
-def register_schedule(name: str) -> Callable[[ScheduleFactory], ScheduleFactory]:
+def register_schedule(name: str, replace: bool = False) -> Callable[[ScheduleFactory], ScheduleFactory]:
     """Decorator: ``optimizer.scheduler.name=<name>`` builds the LR schedule with this function."""
-    def add(fn: ScheduleFactory) -> ScheduleFactory:
-        SCHEDULES[name] = fn
-        return fn
-    return add
+    return registrar(SCHEDULES, "LR schedule", name, replace)
 
 
 @dataclass(frozen=True)

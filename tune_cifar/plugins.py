@@ -14,7 +14,11 @@ installed there.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
+import traceback
+from pathlib import Path
 
 from .errors import UserError
 
@@ -27,7 +31,11 @@ def plugin_modules() -> list[str]:
 
 
 def load_plugins() -> None:
-    """Import each module of ``TUNE_CIFAR_PLUGINS`` once in this process (their registrations run)."""
+    """Import each module of ``TUNE_CIFAR_PLUGINS`` once in this process (their registrations run).
+
+    A plugin that fails to import (a syntax error, an exception, a name registered twice) is the user's own
+    file: one line naming the plugin, its file and line (a UserError), not its traceback (``python -c
+    'import <plugin>'`` shows that)."""
     for name in plugin_modules():
         if name in _imported:
             continue
@@ -36,7 +44,30 @@ def load_plugins() -> None:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
             if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
-                raise  # the plugin itself imports something missing: its own traceback says what
+                raise UserError(_failure(name, err)) from None  # the plugin itself imports something missing
             _imported.discard(name)
             raise UserError(f"{PLUGINS_ENV}: cannot import {name} (no module named {err.name!r}); "
                             f"allowed: importable module names, comma-separated") from None
+        except Exception as err:  # noqa: BLE001 - whatever the user's module raises is reported in one line
+            raise UserError(_failure(name, err)) from None
+
+
+def _failure(name: str, err: Exception) -> str:
+    """``TUNE_CIFAR_PLUGINS: plugin NAME (FILE, line N): what went wrong``: the line is the plugin's own
+    (where it raised, or called what raised), for a syntax error the line that cannot be read."""
+    if isinstance(err, SyntaxError):
+        where, what = (err.filename, err.lineno), f"{type(err).__name__}: {err.msg}"
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        spec = importlib.util.find_spec(name) if name not in sys.modules else sys.modules[name].__spec__
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        home = origin.parent if origin is not None and origin.name == "__init__.py" else origin
+        own = [f for f in frames if home is not None and Path(f.filename) == home or
+               home is not None and home.is_dir() and home in Path(f.filename).parents]
+        frame = (own or frames or [None])[-1]
+        where = (frame.filename, frame.lineno) if frame is not None else (None, None)
+        text = " ".join(str(err).split())
+        what = text if isinstance(err, UserError) else f"{type(err).__name__}: {text}" if text else type(err).__name__
+    at = f" ({where[0]}, line {where[1]})" if where[0] else ""
+    hint = "" if isinstance(err, UserError) else f"; python -c 'import {name}' shows the traceback"
+    return f"{PLUGINS_ENV}: plugin {name}{at}: {what}{hint}"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import UserError, check_choice
+from ..registry import register
 from .arrays import ImageArrays, group_labels, resize_images, subset
 from .cifar import load_cifar10, load_cifar100
 from .fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist
@@ -58,16 +59,14 @@ SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, load: Callable[..., ImageArrays], *, default_path: str | Path | None = None,
-                    needs: tuple[str, ...] = ()) -> Source:
-    """Register dataset ``name`` (its config is ``data=<name>`` with ``name: <name>``)."""
-    if name in SOURCES:
-        raise ValueError(f"dataset source {name!r} is already registered")
+                    needs: tuple[str, ...] = (), replace: bool = False) -> Source:
+    """Register dataset ``name`` (its config is ``data=<name>`` with ``name: <name>``; a name once,
+    ``replace=True`` to replace one: see ``tune_cifar.registry``)."""
     unknown = sorted(set(needs) - set(OPTIONS))
     if unknown:
         raise ValueError(f"dataset source {name!r}: unknown needs {unknown}; allowed: {sorted(OPTIONS)}")
     source = Source(name, load, None if default_path is None else str(default_path), tuple(needs))
-    SOURCES[name] = source
-    return source
+    return register(SOURCES, "dataset source", name, source, replace=replace)
 
 
 register_source("cifar10", load_cifar10, default_path="data", needs=("download",))

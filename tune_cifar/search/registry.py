@@ -23,14 +23,14 @@ SEARCHERS: dict[str, Callable] = {}  # name -> build(settings) -> optuna.sampler
 SCHEDULERS: dict[str, Callable] = {}  # name -> build(settings) -> ray.tune.schedulers.TrialScheduler
 
 
-def register_searcher(name: str):
+def register_searcher(name: str, replace: bool = False):
     """Decorator: register ``build(settings) -> optuna sampler`` as ``search.searcher.name: <name>``."""
-    return registrar(SEARCHERS, "searcher", name)
+    return registrar(SEARCHERS, "searcher", name, replace)
 
 
-def register_scheduler(name: str):
+def register_scheduler(name: str, replace: bool = False):
     """Decorator: register ``build(settings) -> Ray TrialScheduler`` as ``search.scheduler.name: <name>``."""
-    return registrar(SCHEDULERS, "scheduler", name)
+    return registrar(SCHEDULERS, "scheduler", name, replace)
 
 
 # --------------------------------------------------------------------------- built-in searchers (Optuna)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..config import Config, compose, config_from_dict, set_dotted, to_plain
-from ..errors import UserError, allowed
+from ..errors import UserError, allowed, yaml_error
 from ..metrics import check_metrics
 from ..packaged import find_space
 from .keys import RESERVED, check_scoring, get_dotted
@@ -135,7 +135,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise UserError(f"{where}: cannot read the search-space file ({type(err).__name__}); "
                         f"give a YAML file such as search_spaces/resnet.yaml") from None
     except yaml.YAMLError as err:
-        raise UserError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise UserError(yaml_error(err, where)) from None
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping with sections {allowed(SECTIONS)}")
     for k in raw:
@@ -158,7 +158,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             try:
                 parsed = load_yaml(value, f"override {ov}")
             except yaml.YAMLError as err:
-                raise UserError(f"override {ov}: not a valid YAML value: {' '.join(str(err).split())}") from None
+                raise UserError(yaml_error(err, f"override {ov}")) from None
             set_search_key(where, search_raw, key.removeprefix("search."), parsed)
             continue
         bare = key.lstrip("+~")
