@@ -502,3 +502,32 @@ def test_a_space_file_that_is_not_yaml(cifar10_root, tmp_path, debug):
     proc = cli("search", space, *(["--debug"] if debug else []))
     refused(proc, "search", f"{space}, line ", ": not valid YAML: ")
     assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- file names that are not UTF-8 (item 9)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a filesystem that takes any bytes as a name")
+def test_predict_images_whose_names_are_not_utf8(trained, tmp_path):
+    """Names are written byte for byte (read back with errors='surrogateescape'), shown escaped on the
+    terminal, and predictions.csv is whole: no UnicodeEncodeError half-way through it."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = [b"a.png", b"caf\xe9.png", b"z\xff\xfe.png"]  # Latin-1 and plain invalid bytes
+    for name in names:
+        Image.new("RGB", (32, 32), (200, 10, 10)).save(os.fsdecode(bytes(folder) + b"/" + name), format="PNG")
+    out = tmp_path / "p"
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.predict", "--checkpoint", str(trained["best"]),
+                           "--images", str(folder), "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "caf\\xe9.png" in proc.stdout and "z\\xff\\xfe.png" in proc.stdout  # escaped on screen
+    assert os.listdir(out) == ["predictions.csv"]  # no temporary file left beside it
+    raw = (out / "predictions.csv").read_bytes()
+    rows = raw.decode("utf-8", "surrogateescape").splitlines()
+    assert len(rows) == 1 + len(names) and rows[0].startswith("file,predicted,")
+    written = [os.fsencode(row.split(",")[0]) for row in rows[1:]]
+    assert sorted(written) == sorted(bytes(folder) + b"/" + n for n in names)  # the exact bytes
+    assert all(Path(os.fsdecode(w)).is_file() for w in written)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +19,7 @@ from .inference import (class_probs, decide, effective_threshold, infer, label_t
                         top_k_cells, top_k_header)
 from .loading import Loaded
 from .options import Options
-from .output import PRINT_ROWS, make_out_dir, warn
+from .output import PRINT_ROWS, make_out_dir, shown, warn
 
 
 def collect_images(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -93,23 +95,32 @@ def classify_images(loaded: Loaded, cfg: Config, options: Options, device: torch
     classes, kind = loaded.classes, loaded.kind
     k = min(options.top_k, len(classes))
     printed = 0
-    with open(out_dir / "predictions.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "predicted", *top_k_header(k), "error"])
-        for name, p, error in rows:
-            if p is None:
-                writer.writerow([name, "", *([""] * 2 * k), error])
-                continue
-            pred = label_text(decide(p[None], kind, threshold)[0], kind, classes)
-            cells = top_k_cells(class_probs(p[None], kind)[0], k, classes)
-            writer.writerow([name, pred, *cells, ""])
-            if printed < PRINT_ROWS:
-                print(f"{name}: {pred or '(no label above threshold)'} ({cells[0]} {float(cells[1]):.3f})")
-                printed += 1
+    text = io.StringIO()  # the whole CSV first: the file appears complete (renamed in place) or not at all
+    writer = csv.writer(text)
+    writer.writerow(["file", "predicted", *top_k_header(k), "error"])
+    for name, p, error in rows:
+        if p is None:
+            writer.writerow([name, "", *([""] * 2 * k), error])
+            continue
+        pred = label_text(decide(p[None], kind, threshold)[0], kind, classes)
+        cells = top_k_cells(class_probs(p[None], kind)[0], k, classes)
+        writer.writerow([name, pred, *cells, ""])
+        if printed < PRINT_ROWS:
+            print(f"{shown(name)}: {pred or '(no label above threshold)'} ({cells[0]} {float(cells[1]):.3f})")
+            printed += 1
+    # File names byte for byte: one that is not UTF-8 (held as lone surrogates) keeps its bytes in the CSV
+    # (read it back with errors="surrogateescape"); the rest of the file is UTF-8.
+    csv_path = out_dir / "predictions.csv"
+    tmp = out_dir / ".predictions.csv.tmp"
+    try:
+        tmp.write_bytes(text.getvalue().encode("utf-8", "surrogateescape"))
+        os.replace(tmp, csv_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     skipped = len(rows) - len(classified)
     if len(classified) > printed:
         print(f"... {len(classified) - printed} more")
     print(f"classified {len(classified)} image(s)" + (f", skipped {skipped}" if skipped else "")
-          + f"; wrote {out_dir / 'predictions.csv'}")
+          + f"; wrote {shown(str(csv_path))}")
     return {"out_dir": str(out_dir), "classified": len(classified), "skipped": skipped,
             "predictions": str(out_dir / "predictions.csv"), "timing": clock.as_dict()}

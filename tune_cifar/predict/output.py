@@ -30,5 +30,11 @@ def make_out_dir(options: Options, loaded: Loaded) -> Path:
     return out
 
 
+def shown(text: str) -> str:
+    """``text`` as a terminal can show it: the bytes of a file name that is not UTF-8 (kept by Python as
+    lone surrogates, ``os.fsdecode``) as ``\\xNN`` escapes, where printing them would raise."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def warn(message: str) -> None:
-    print(f"tune_cifar.predict: warning: {message}", file=sys.stderr)
+    print(f"tune_cifar.predict: warning: {shown(message)}", file=sys.stderr)
