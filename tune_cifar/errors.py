@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -97,6 +98,17 @@ def check_output_dir(path: str | Path, key: str) -> None:
         raise UserError(f"{key}={path}: {place} is not writable by this user; allowed: a folder you can write to")
 
 
+def _prog(func: Callable) -> str:
+    """``tune_cifar.<prog>`` of a CLI main, for its error lines."""
+    module = func.__module__
+    if module == "__main__":  # run as python -m tune_cifar.<prog>
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = getattr(spec, "name", None) or module
+    parts = module.split(".")  # tune_cifar.<prog>, or tune_cifar.<prog>.<module> of a package
+    prog = parts[1] if parts[0] == "tune_cifar" and len(parts) > 1 else parts[-1]
+    return f"tune_cifar.{prog}"
+
+
 def cli_entry(func: F) -> F:
     """Wrap a CLI main so that a UserError prints one line and exits with status 2."""
 
@@ -105,16 +117,17 @@ def cli_entry(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            module = func.__module__
-            if module == "__main__":  # run as python -m tune_cifar.<prog>
-                spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-                module = getattr(spec, "name", None) or module
-            parts = module.split(".")  # tune_cifar.<prog>, or tune_cifar.<prog>.<module> of a package
-            prog = parts[1] if parts[0] == "tune_cifar" and len(parts) > 1 else parts[-1]
-            print(f"tune_cifar.{prog}: error: {err}", file=sys.stderr)
+            print(f"{_prog(func)}: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except OSError as err:  # a full disk we did not meet in our own writes (tune_cifar.atomic names those)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            print(f"{_prog(func)}: error: {(err.strerror or 'no space left on device').lower()}{where}: free "
+                  f"space there (or choose another output folder)", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import yaml
 
+from .atomic import is_no_space, no_space, torch_save, write_text
 from .errors import UserError
 
 if TYPE_CHECKING:  # imported where needed so that find_best stays light
@@ -79,7 +80,12 @@ def write_export(dest: Path, source: Path | Classifier | dict, config: dict, met
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        if is_no_space(err):
+            raise no_space(tmp.parent, err) from None
+        raise
     try:
         _write_files(tmp, ckpt, config, metrics, hyperparameters, experiment)
         if before_replace is not None:
@@ -101,16 +107,15 @@ def write_export(dest: Path, source: Path | Classifier | dict, config: dict, met
 
 
 def _write_files(tmp: Path, ckpt: dict, config: dict, metrics, hyperparameters, experiment: str) -> None:
-    torch.save({"state_dict": ckpt["state_dict"], "hyper_parameters": ckpt["hyper_parameters"]},
-               tmp / MODEL_FILE)
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, default=float))
-    (tmp / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}, indent=2, default=str))
-    (tmp / "versions.json").write_text(json.dumps(package_versions(), indent=2))
+    torch_save({"state_dict": ckpt["state_dict"], "hyper_parameters": ckpt["hyper_parameters"]}, tmp / MODEL_FILE)
+    write_text(tmp / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text(tmp / "metrics.json", json.dumps(metrics or {}, indent=2, default=float))
+    write_text(tmp / "hyperparameters.json", json.dumps(hyperparameters or {}, indent=2, default=str))
+    write_text(tmp / "versions.json", json.dumps(package_versions(), indent=2))
     manifest = {"format": FORMAT, "experiment": experiment, "model": MODEL_FILE,
                 "classes": list(ckpt["hyper_parameters"]["input_spec"]["classes"]),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))  # last: a folder without it is no export
 
 
 def point_best(root: Path, export_dir: Path) -> Path:
@@ -121,7 +126,12 @@ def point_best(root: Path, export_dir: Path) -> Path:
     tmp = root / f".{BEST_LINK}.{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(target, tmp)
+    try:
+        os.symlink(target, tmp)
+    except OSError as err:  # a full disk: the old link stays
+        if is_no_space(err):
+            raise no_space(root, err) from None
+        raise
     os.replace(tmp, link)
     return link
 

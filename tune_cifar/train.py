@@ -20,6 +20,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import yaml
 
+from .atomic import disk_full_names, write_text
 from .config import Config, load_config
 from .classifier import Classifier
 from .data import ImageArrays, load_data
@@ -59,7 +60,7 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
     preflight(cfg)  # before any download or folder
     check_output_dir(cfg.run.output_dir, "run.output_dir")
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)
-    ckpt_path = None
+    ckpt_path = system = scored = None
     if cfg.run.predict:
         if not cfg.run.checkpoint_path:
             raise UserError("config: run.predict=true needs run.checkpoint_path=<file.ckpt>")
@@ -78,8 +79,15 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
                 log.info("transfer learning: kept fresh weights for %s", ", ".join(skipped) or "nothing")
 
     # Config, data and model are checked: only now the run folder (a failed start leaves none).
-    out_dir = out_dir or new_output_dir(cfg)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with disk_full_names(cfg.run.output_dir):  # a full disk, also in Lightning's loggers: one line naming it
+        out_dir = out_dir or new_output_dir(cfg)
+        return _run_into(cfg, arrays, out_dir, system, ckpt_path, scored)
+
+
+def _run_into(cfg: Config, arrays: ImageArrays, out_dir: Path, system, ckpt_path, scored) -> dict:
+    """The run's files: config.yaml, the fit (checkpoints and logs) or the evaluation, results.json;
+    each file is written whole or not at all (tune_cifar.atomic)."""
+    write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     result: dict = {"output_dir": str(out_dir)}
     if cfg.run.predict:
         result["test"] = scored.metrics
@@ -93,7 +101,7 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
             result["best_score"] = float(trainer.checkpoint_callback.best_model_score)
         test = trainer.test(system, datamodule=trainer.datamodule, ckpt_path="best" if best else None, verbose=False)
         result["test"] = _scalars(test[0])
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    write_text(out_dir / "results.json", json.dumps(result, indent=2))
     return result
 
 

@@ -14,7 +14,9 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
+from .atomic import torch_save
 from .checkpoint import read_checkpoint
 from .config import Config, TrainerConfig
 from .data import ImageArrays, ImageDataModule
@@ -97,6 +99,20 @@ def resolve_precision(t: TrainerConfig) -> str:
     return t.precision
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (every ``trainer.save_checkpoint``: ModelCheckpoint's best.ckpt and
+    last.ckpt, Ray Tune's trial checkpoints) writing local files whole or not at all (tune_cifar.atomic).
+
+    Lightning's own writes through an fsspec transaction whose temporary file is in the system's temp
+    folder and is then moved: across filesystems that is a copy, and a full disk cut last.ckpt short.
+    A CheckpointIO plugin is Lightning's extension point for how checkpoints are stored."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote: fsspec's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        torch_save(checkpoint, path)
+
+
 def build_trainer(cfg: Config, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),
                   checkpointing: bool = True, loggers: bool = True, **overrides) -> pl.Trainer:
     """The Lightning Trainer used by both ``train`` and the search's trials."""
@@ -127,7 +143,7 @@ def build_trainer(cfg: Config, out_dir: Path | None, callbacks: Sequence[pl.Call
         limit_test_batches=t.limit_test_batches, precision=precision, deterministic=t.deterministic,
         gradient_clip_val=t.gradient_clip_val, enable_progress_bar=t.enable_progress_bar,
         enable_checkpointing=checkpointing and not t.fast_dev_run, logger=logger, callbacks=callbacks,
-        default_root_dir=str(out_dir) if out_dir else None,
+        default_root_dir=str(out_dir) if out_dir else None, plugins=[AtomicCheckpointIO()],
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)

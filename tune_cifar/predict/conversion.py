@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from io import BytesIO
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import replacing, write_bytes, write_text
 from ..config import Config
 from ..errors import UserError
 from .inference import effective_threshold
@@ -37,11 +39,14 @@ def convert(loaded: Loaded, cfg: Config, options: Options) -> dict:
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(net, example)
-            traced.save(str(file))
+            buffer = BytesIO()  # in memory: PyTorch's C++ writer aborts the process when a disk write fails
+            torch.jit.save(traced, buffer)
+            write_bytes(file, buffer.getbuffer())
             with torch.no_grad():
                 got = torch.jit.load(str(file))(check)
         else:
-            export_onnx(net, example, file)
+            with replacing(file) as tmp:
+                export_onnx(net, example, tmp)
             got = run_onnx(file, check)
             verified = got is not None
     info = {"format": fmt, "file": str(file), "verified": verified}
@@ -62,7 +67,7 @@ def convert(loaded: Loaded, cfg: Config, options: Options) -> dict:
         "source": str(loaded.source), "model": loaded.model_name,
     }
     described = out_dir / f"model.{fmt}.json"
-    described.write_text(json.dumps(io, indent=2))
+    write_text(described, json.dumps(io, indent=2))
     check_text = (f"outputs match PyTorch (max |difference| {info['max_abs_diff']:.2g})" if verified
                   else "not checked: onnxruntime is not installed (pip install onnxruntime)")
     print(f"wrote {file} ({fmt}: uint8 NCHW images in, logits out; {check_text}) and {described}")

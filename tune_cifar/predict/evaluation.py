@@ -12,6 +12,7 @@ import torch
 
 # torchmetrics (through tune_cifar.metrics; never Lightning) is imported after inference, to compute
 # the metrics of a dataset evaluation, and never for --images / --to.
+from ..atomic import atomic_write, write_text
 from ..config import Config, config_from_dict
 from ..evaluation import evaluate as score
 from ..metrics import metric_key
@@ -81,7 +82,7 @@ def evaluate(loaded: Loaded, cfg: Config, options: Options, device: torch.device
         "reported_on_this_split": bool(loaded.reported) and same_split(loaded, cfg),
         "timing": clock.as_dict(),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_text(out_dir / "metrics.json", json.dumps(summary, indent=2))
     write_dataset_predictions(out_dir / "predictions.csv", ids, logits, y, loaded, threshold, options.top_k)
     print_evaluation(summary, out_dir)
     summary["out_dir"] = str(out_dir)
@@ -107,7 +108,7 @@ def write_dataset_predictions(path: Path, ids: np.ndarray, logits: torch.Tensor,
     preds = decide(probs, kind, threshold)
     per_class = class_probs(probs, kind)
     k = min(top_k, len(classes))
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["sample", "true", "predicted", "correct", *top_k_header(k)])
         for i in range(len(y)):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import write_bytes
 from ..config import Config
 from ..data.folder import IMAGE_SUFFIXES, to_mode  # light: numpy (PIL when called)
 from ..errors import UserError
@@ -110,13 +110,7 @@ def classify_images(loaded: Loaded, cfg: Config, options: Options, device: torch
             printed += 1
     # File names byte for byte: one that is not UTF-8 (held as lone surrogates) keeps its bytes in the CSV
     # (read it back with errors="surrogateescape"); the rest of the file is UTF-8.
-    csv_path = out_dir / "predictions.csv"
-    tmp = out_dir / ".predictions.csv.tmp"
-    try:
-        tmp.write_bytes(text.getvalue().encode("utf-8", "surrogateescape"))
-        os.replace(tmp, csv_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(out_dir / "predictions.csv", text.getvalue().encode("utf-8", "surrogateescape"))  # whole or not at all
     skipped = len(rows) - len(classified)
     if len(classified) > printed:
         print(f"... {len(classified) - printed} more")

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import yaml
 
+from ..atomic import write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
 from . import cluster, interrupt, storage, trust
@@ -122,8 +123,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             )
         if not paths.resume:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "search.yaml").write_text(yaml.safe_dump(storage.search_record(space, plan.overrides),
-                                                                sort_keys=False))
+            write_text(run_dir / "search.yaml", yaml.safe_dump(storage.search_record(space, plan.overrides),
+                                                               sort_keys=False))
             storage.upload_reports(paths)
         start = time.monotonic()
         with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import write_text
 from ..errors import UserError
 from .interrupt import Received, stop_when_asked
 from .sampler import sample
@@ -60,7 +61,7 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     exp_dir = Path(space.search.storage_path) / space.search.experiment
     out_dir = exp_dir / _stamp(exp_dir, "debug_")
     out_dir.mkdir(parents=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with stop_when_asked() as received:
         try:
             trainer = fit(cfg, arrays, out_dir, [_StopWhenAsked(received)], checkpointing=True, loggers=True)

@@ -16,6 +16,8 @@ import logging
 import warnings
 from pathlib import Path
 
+from ..atomic import save_figure
+
 log = logging.getLogger("tune_cifar")
 
 PLOT = "param_importances.png"
@@ -92,6 +94,6 @@ def _plot(study, evaluator, n: int, path: Path) -> Path:
         fig = ax.figure
         fig.set_size_inches(8, max(3.0, 0.5 * len(ax.get_yticks()) + 2))
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
     return path

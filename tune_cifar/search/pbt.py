@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import UserError
 
 # Values a restored trial takes from its (mutated) config rather than from the donor's checkpoint.
@@ -128,8 +129,9 @@ def _recording_pbt():
                      "donor": trial_to_clone.trial_id,
                      "donor_epoch": trial_to_clone.last_result.get("training_iteration", 0),
                      "config": {k: new_config[k] for k in self._hyperparam_mutations if k in new_config}}
-            with open(Path(trial.local_experiment_path) / EVENTS, "a") as f:
-                f.write(json.dumps(event, default=str) + "\n")
+            path = Path(trial.local_experiment_path) / EVENTS  # rewritten whole: never a half line (atomic)
+            before = path.read_text() if path.is_file() else ""
+            write_text(path, before + json.dumps(event, default=str) + "\n")
 
     return RecordingPBT
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import save_figure
+
 CURVES = "learning_curves.png"
 PARALLEL = "parallel_coordinates.png"
 STOPPED = "stopped early"
@@ -99,7 +101,7 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], met
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # whole or not at all (tune_cifar.atomic)
     plt.close(fig)
     return path
 
@@ -156,7 +158,7 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, mo
     fig.colorbar(sm, ax=ax, label=metric + " (grey: none)")
     ax.set_title(f"hyperparameters of {len(table)} trials, coloured by best {metric}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # whole or not at all (tune_cifar.atomic)
     plt.close(fig)
     return path
 

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import UserError
 from ..metrics import in_stage
 from . import pbt, storage
@@ -253,7 +254,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     run_dir = paths.local
     run_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(space, grid, statuses)
-    table.to_csv(run_dir / "results.csv", index=False)
+    write_text(run_dir / "results.csv", table.to_csv(index=False))
     print(summary_text(space, table), flush=True)
     print(f"results: {run_dir / 'results.csv'}")
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
@@ -292,7 +293,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")
     out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
-    (run_dir / "best.json").write_text(json.dumps(out, indent=2, default=str))
+    write_text(run_dir / "best.json", json.dumps(out, indent=2, default=str))
     storage.upload_reports(paths)
     return out
 
