@@ -94,7 +94,7 @@ def one_line(proc: subprocess.CompletedProcess, prog: str, folder: Path) -> str:
 def no_broken_files(folder: Path) -> None:
     """No empty file, no leftover temporary file; every checkpoint loads."""
     for p in folder.rglob("*"):
-        if p.is_file() and p.name != "filler":
+        if p.is_file() and p.name not in ("filler", ".validate_storage_marker"):  # Ray's marker is empty
             assert not p.name.endswith(".tmp"), f"temporary file left: {p}"
             assert p.stat().st_size > 0, f"empty file: {p}"
             if p.suffix == ".ckpt" or p.name == "model.pt":
@@ -162,3 +162,27 @@ def test_predict_into_a_full_disk_keeps_the_earlier_results(checkpoint, data_roo
         one_line(proc, "tune_cifar.predict", disk)
         assert {p.name: digest(p) for p in out.iterdir()} == before
         no_broken_files(disk)
+
+
+def test_search_runs_out_of_space_in_a_trial(data_root, tmp_path):
+    """A trial's second checkpoint meets a full disk: the search says so in one line (before: 518 lines,
+    10 tracebacks, exit 1), exit 2, exports nothing; the earlier export and outputs/best are as they were;
+    Ray's cut-short copy of the checkpoint is not left behind."""
+    from conftest import write_space
+
+    with small_disk(tmp_path / "disk", 1024) as disk:
+        space = write_space(disk, data_root, {
+            "num_samples": 1, "max_concurrent_trials": 1, "resources": {"cpu": 1},
+            "scheduler": {"name": "fifo", "max_epochs": 3}},
+            [{"optimizer.optimizer": "adamw", "optimizer.lr": 0.01}], searcher="random")
+        older = disk / "outputs" / "older" / "best"
+        older.mkdir(parents=True)
+        (older / "export.json").write_text('{"experiment": "older"}')
+        (disk / "outputs" / "best").symlink_to(Path("older") / "best")
+        with fill_when(disk / "outputs", "checkpoint_000000"):
+            proc = run("tune_cifar.search", str(space), "data.train_subset=300", cwd=disk)
+        one_line(proc, "tune_cifar.search", disk)
+        assert os.readlink(disk / "outputs" / "best") == "older/best"
+        assert (older / "export.json").read_text() == '{"experiment": "older"}'
+        assert not (disk / "outputs" / "tiny" / "best").exists()
+        no_broken_files(disk / "outputs")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import IO, Iterator
 from .errors import UserError
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-SQLITE_FULL = "database or disk is full"
+NO_SPACE_TEXT = ("[Errno 28]", "[errno 28]", "[Errno 122]", "database or disk is full")
 
 
 class NoSpace(UserError):
@@ -39,15 +40,17 @@ def no_space(folder: str | os.PathLike, err: OSError | None = None) -> NoSpace:
 
 
 def is_no_space(err: BaseException) -> bool:
-    """Whether ``err`` (or an error it was raised from) is a full disk or quota."""
+    """Whether ``err`` (or an error it was raised from) is a full disk or quota. Also read from the text:
+    Ray passes a trial's error on as a ``RayTaskError`` holding its remote traceback, Tune as a
+    ``TuneError`` of a formatted traceback, SQLite (the Optuna study) as ``database or disk is full``."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, NoSpace) or (isinstance(err, OSError) and err.errno in NO_SPACE):
             return True
-        if SQLITE_FULL in str(err):  # SQLite's SQLITE_FULL (the Optuna study), not an OSError
+        if any(text in str(err) for text in NO_SPACE_TEXT):
             return True
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or err.__context__ or getattr(err, "cause", None)
     return False
 
 
@@ -141,6 +144,14 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=path.suffix.lstrip(".") or "png", **kwargs)
     return path
+
+
+class NoSpaceLogFilter(logging.Filter):
+    """Drops a library's log record of a full-disk error (Tune's trial failure with its remote traceback):
+    the command itself then says it once, in one line (``disk_full_names``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and is_no_space(record.exc_info[1]))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import yaml
 
-from ..atomic import write_text
+from ..atomic import NoSpaceLogFilter, disk_full_names, write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
 from . import cluster, interrupt, storage, trust
@@ -127,6 +127,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                                                                sort_keys=False))
             storage.upload_reports(paths)
         start = time.monotonic()
+        # Tune logs a trial's failure with its whole remote traceback; for a full disk the search says it once
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(NoSpaceLogFilter())
         with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns
             grid = tuner.fit()
         statuses = trial_statuses(grid)  # from the state Tune saved: running trials are still RUNNING there
@@ -172,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         with interrupt.terminate_as_interrupt():  # SIGTERM like Ctrl-C
             return debug(space, args.params)
-    with interrupt.terminate_as_interrupt():  # SIGTERM like Ctrl-C, also while Ray starts
+    # a full disk (a trial's checkpoint, Tune's state, the study, results.csv): one line naming the storage,
+    # exit 2; nothing is exported, so an earlier export and <storage_path>/best stay as they were
+    with interrupt.terminate_as_interrupt(), disk_full_names(s.storage_path):  # SIGTERM like Ctrl-C
         out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
     if out.get("interrupted"):
         sys.exit(130)

@@ -7,12 +7,16 @@ The driver passes the parsed space and the decoded dataset with ``tune.with_para
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import zipfile
+from pathlib import Path
 
 import torch
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
+from ..atomic import is_no_space
 from ..config import Config
 from ..data import ImageArrays
 from ..metrics import logged_keys
@@ -26,6 +30,24 @@ from ..training import KeepConfiguredHyperparameters, LogLearningRate, WorkerMem
 def reported_metrics(cfg: Config) -> list[str]:
     """What each report holds: the validation loss and metrics (Lightning's names, e.g. accuracy/val)."""
     return logged_keys(cfg.task, "val")
+
+
+def drop_partial_checkpoint(trial_dir: str | None) -> None:
+    """Remove the trial's newest checkpoint folder if its checkpoint is not whole (a full disk cut Ray's copy
+    into the storage short; Tune had not registered it). Local storage only."""
+    if not trial_dir or "://" in trial_dir or not Path(trial_dir).is_dir():
+        return
+    folders = sorted(Path(trial_dir).glob("checkpoint_*"))
+    if folders and not _whole(checkpoint_file(folders[-1])):
+        shutil.rmtree(folders[-1], ignore_errors=True)
+
+
+def _whole(file: Path) -> bool:
+    try:
+        with zipfile.ZipFile(file) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
@@ -45,6 +67,10 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
         failure = str(err)
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
         stopped, exit_code = True, stop.code
+    except Exception as err:
+        if is_no_space(err):  # Ray's copy of the checkpoint into the storage was cut short: not left there
+            drop_partial_checkpoint(tune.get_context().get_trial_dir())
+        raise
     # Here no frame or traceback holds the trial any more (Lightning's callbacks hold the model too, via
     # their log methods: they live in _fit), so its model, optimizer state and on-device data can go.
     release_memory()
