@@ -327,3 +327,35 @@ def test_train_subset_and_batch_size_may_be_searched(tmp_path, data_root):
     doc["params"]["data.inference_batch_size"] = {"choice": [64, 128]}  # no batch limit: every val image
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert {p.key for p in load_space(path).params} >= {"data.train_subset", "data.inference_batch_size"}
+
+
+@pytest.mark.parametrize("change", ["bounds", "missing"])
+def test_a_study_of_another_space_is_refused_before_anything_is_written(tmp_path, data_root, change):
+    """search.optuna_storage + search.optuna_study naming a study whose parameters were drawn from other
+    distributions (or a parameter this space lacks): one line naming the parameter, exit 2, no run folder,
+    nothing added to the study (before: Optuna's traceback, a RUNNING trial, a half-made run folder)."""
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    name, dist = (("optimizer.lr", FloatDistribution(1e-4, 0.1, log=True)) if change == "bounds"
+                  else ("optimizer.weight_decay", FloatDistribution(0.0, 0.1)))
+    old.add_trial(optuna.trial.create_trial(params={name: 0.01}, distributions={name: dist}, value=0.5))
+    space = write_space(tmp_path, data_root, {"optuna_storage": url, "optuna_study": "old",
+                                              "scheduler": {"name": "fifo", "max_epochs": 1}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_CIFAR_TEST"))}
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.search", str(space)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("tune_cifar.search: error:")]
+    assert "Traceback" not in proc.stderr and f"samples {name}" in line and "study 'old'" in line, line
+    if change == "bounds":
+        assert "loguniform [0.0001, 0.1], this space from loguniform [1e-05, 0.05]" in line, line
+    assert not (tmp_path / "outputs").exists(), "a refused search made a run folder"
+    trials = optuna.load_study(study_name="old", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"]

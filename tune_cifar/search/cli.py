@@ -80,7 +80,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         storage.check_resume(plan)
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
     elif s.optuna_storage:  # the default study is new: it lives in the new run folder
-        study.check_study_direction(study.optuna_storage(s), s)
+        study.check_study(study.optuna_storage(s), space)  # direction and parameters, before anything is written
     run_dir = paths.local
     if not address:
         space.check_gpus(torch.cuda.device_count())

@@ -104,6 +104,73 @@ def check_study_direction(storage, s) -> None:
                         f"with search.optuna_study=NAME")
 
 
+def check_study(storage, space) -> None:
+    """Before anything is written: a study named by ``search.optuna_storage`` (+ ``search.optuna_study``)
+    must optimise the same way and hold the same parameters as this space (``check_study_direction``,
+    ``check_study_space``)."""
+    check_study_direction(storage, space.search)
+    check_study_space(storage, space)
+
+
+def space_distributions(space) -> dict:
+    """The Optuna distribution of every parameter the space samples, under the name StudySearch gives it
+    (``key``, or ``key@<parent value>`` for one with a distribution per parent value)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for p in space.params:
+        for parent, d in p.dists.items():
+            if not d.sampled:
+                continue
+            name = f"{p.key}@{parent}" if p.depends_on else p.key
+            a = d.args
+            if d.kind == "choice":
+                out[name] = CategoricalDistribution(list(range(len(a))) if d._indexed() else list(a))
+            elif d.kind in ("uniform", "loguniform"):
+                out[name] = FloatDistribution(float(a[0]), float(a[1]), log=d.kind == "loguniform")
+            else:
+                out[name] = IntDistribution(a[0], a[1], step=a[2] if d.kind == "qint" else 1)
+    return out
+
+
+def _describe(dist) -> str:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "a choice of " + ", ".join(map(str, dist.choices))
+    if isinstance(dist, FloatDistribution):
+        return f"{'loguniform' if dist.log else 'uniform'} [{dist.low:g}, {dist.high:g}]"
+    return f"int [{dist.low}, {dist.high}]" + (f" step {dist.step}" if dist.step != 1 else "")
+
+
+def check_study_space(storage, space) -> None:
+    """An existing study's trials were drawn from distributions: this space must sample each of their
+    parameters from the same one (Optuna raised deep in the first trial otherwise, leaving it RUNNING, and a
+    half-made run folder). A parameter the study has not seen yet (a condition never met) is allowed."""
+    if storage is None:
+        return
+    import optuna
+
+    s = space.search
+    try:
+        study = optuna.load_study(study_name=study_name(s), storage=storage)
+    except KeyError:  # no such study yet
+        return
+    ours, theirs = space_distributions(space), {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            theirs.setdefault(name, dist)
+    where = (f"search.optuna_study: study '{study_name(s)}' in {s.optuna_storage} ({len(study.trials)} trials)")
+    fix = ("a study holds one search space; choose another study with search.optuna_study=NAME (or "
+           "search.optuna_storage), or search that study's space")
+    for name, dist in sorted(theirs.items()):
+        if name not in ours:
+            raise UserError(f"{where} samples {name}, which this space does not sample ({_describe(dist)}); {fix}")
+        if ours[name] != dist:
+            raise UserError(f"{where} samples {name} from {_describe(dist)}, this space from "
+                            f"{_describe(ours[name])}; {fix}")
+
+
 def sampler_seed(seed: int, n_existing: int) -> int:
     """The sampler's seed for a study that already holds ``n_existing`` trials: the seed itself for a
     new study, else one derived from both, so a warm start does not redraw the earlier random points
