@@ -110,7 +110,8 @@ def classify_images(loaded: Loaded, cfg: Config, options: Options, device: torch
             printed += 1
     # File names byte for byte: one that is not UTF-8 (held as lone surrogates) keeps its bytes in the CSV
     # (read it back with errors="surrogateescape"); the rest of the file is UTF-8.
-    write_bytes(out_dir / "predictions.csv", text.getvalue().encode("utf-8", "surrogateescape"))  # whole or not at all
+    csv_path = out_dir / "predictions.csv"
+    write_bytes(csv_path, text.getvalue().encode("utf-8", "surrogateescape"))  # whole or not at all (atomic)
     skipped = len(rows) - len(classified)
     if len(classified) > printed:
         print(f"... {len(classified) - printed} more")
