@@ -321,6 +321,7 @@ class LogLearningRate(pl.Callback):
 
     def __init__(self, name: str = "optimizer/lr") -> None:
         self.name = name
+        self.reported = (name,)  # what each Ray report of the trial carries (search/trainable.py)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.optimizers:

@@ -68,18 +68,19 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
 
     from ..config import config_from_dict
     from ..data import load_data
-    from . import pbt, study
-    from .registry import SCHEDULERS
+    from . import study
+    from .registry import scheduler_parts
     from .trainable import train_trial
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
     plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}), overrides, resume=resume,
                             new_name=new_name)  # refuses to reuse a name silently
     space, paths, s = plan.space, plan.paths, plan.space.search
+    parts = scheduler_parts(s)  # registry.py: what the scheduler supplies or needs
     if plan.resume:
         storage.check_resume(plan)
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
-    elif s.optuna_storage:  # the default study is new: it lives in the new run folder
+    elif parts.uses_study and s.optuna_storage:  # the default study is new: it lives in the new run folder
         study.check_study(study.optuna_storage(s), space)  # direction and parameters, before anything is written
     run_dir = paths.local
     if not address:
@@ -100,13 +101,13 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             tuner = tune.Tuner.restore(paths.ray_dir, trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
         else:
-            param_space, keep = {}, s.checkpoints_to_keep
-            if s.scheduler.name == "pbt":  # with its own search algorithm: Ray's PBT takes no Optuna searcher
-                searcher, scheduler, param_space = pbt.search_parts(space)
-                keep = max(keep, pbt.MIN_CHECKPOINTS)  # a donor's latest checkpoint must outlive its restore
-            else:
-                searcher = study.make_searcher(space, run_dir, paths.name)  # run_dir/optuna.db or optuna_storage
-                scheduler = SCHEDULERS[s.scheduler.name](s)  # registry.py
+            if parts.search_alg:  # the scheduler's own search algorithm (e.g. Ray's PBT takes no Optuna searcher)
+                searcher, param_space = parts.search_alg(space)
+            else:  # the Optuna study's: run_dir/optuna.db or optuna_storage
+                searcher, param_space = study.make_searcher(space, run_dir, paths.name), {}
+            scheduler = parts.build(space)
+            # at least what the scheduler needs (PBT: a donor's latest checkpoint must outlive its restore)
+            keep = max(s.checkpoints_to_keep, parts.min_checkpoints)
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(

@@ -12,6 +12,7 @@ import yaml
 from ..atomic import write_text
 from ..errors import UserError
 from .interrupt import Received, stop_when_asked
+from .registry import scheduler_parts
 from .sampler import sample
 from .space import SearchSpace, check_measurable
 
@@ -56,6 +57,8 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     values = sample(space, given, seed=space.search.searcher.seed)
     print(f"debug trial: {json.dumps(values, default=str)}", flush=True)
     cfg = space.trial_config(values)
+    make = scheduler_parts(space.search).trial_callbacks  # what the scheduler's trials need (registry.py)
+    extra = list(make(cfg)) if make else []
     arrays = load_data(cfg.data, cfg.task.task)
     check_measurable(space, arrays)
     exp_dir = Path(space.search.storage_path) / space.search.experiment
@@ -64,7 +67,8 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with stop_when_asked() as received:
         try:
-            trainer = fit(cfg, arrays, out_dir, [_StopWhenAsked(received)], checkpointing=True, loggers=True)
+            trainer = fit(cfg, arrays, out_dir, [*extra, _StopWhenAsked(received)],
+                          checkpointing=True, loggers=True)
         except (KeyboardInterrupt, SystemExit):  # a second signal: Lightning turns it into its own exit(1)
             if not received:
                 raise

@@ -15,7 +15,8 @@ or with ``resample_probability`` drawn anew), clipped to the space's bounds.
   ``pbt_policy_<trial id>.txt``), naming trials by tag; ``RecordingPBT`` writes the same events by
   trial id to ``pbt_exploits.jsonl``, which results.csv (``exploits``, ``cloned_from``) and the plot read.
 
-``check_space`` has no Ray import (``load_space`` calls it); the rest imports Ray when called.
+registry.py registers these parts as the ``pbt`` scheduler (``SchedulerParts``). ``check_space`` has no Ray
+import (``load_space`` calls it); the rest imports Ray (or Lightning) when called.
 """
 
 from __future__ import annotations
@@ -158,9 +159,16 @@ def make_search_alg(space):
                                  random_state=np.random.default_rng(s.searcher.seed))
 
 
-def search_parts(space) -> tuple:
-    """(search algorithm, scheduler, param_space) of a PBT search, for ``tune.Tuner``."""
-    return make_search_alg(space), make_scheduler(space), param_space(space)
+def search_alg(space) -> tuple:
+    """(search algorithm, param_space) of a PBT search, for ``tune.Tuner``: Ray's PBT takes no Optuna searcher."""
+    return make_search_alg(space), param_space(space)
+
+
+def trial_callbacks(cfg) -> list:
+    """What a PBT trial adds: it reports its learning rate (after an exploit it shows the mutation took effect)."""
+    from ..training import LogLearningRate
+
+    return [LogLearningRate(LR_METRIC)]
 
 
 def exploit_events(run_dir: str | Path) -> dict[str, list[dict]]:
@@ -181,6 +189,13 @@ def exploit_events(run_dir: str | Path) -> dict[str, list[dict]]:
 def describe_exploits(events: list[dict]) -> str:
     """results.csv's ``cloned_from``: ``<donor id>@<donor's epoch>`` per exploit, in order."""
     return "; ".join(f"{e['donor']}@{e['donor_epoch']}" for e in events)
+
+
+def results_columns(reports, events: list[dict]) -> dict:
+    """A PBT trial's extra results.csv columns: epochs it trained itself (``epochs`` counts inherited ones
+    too), its exploits and their donors."""
+    return {"epochs_trained": len(reports) if reports is not None else 0, "exploits": len(events),
+            "cloned_from": describe_exploits(events)}
 
 
 def check_settings(where: str, s) -> None:

@@ -1,26 +1,82 @@
 """Searchers and schedulers by name: ``search.searcher.name`` and ``search.scheduler.name``.
 
-Each is one registered function that builds the library's own object from the search settings:
-a searcher returns an Optuna sampler (Ray's OptunaSearch drives it), a scheduler a Ray Tune
-``TrialScheduler``. The settings check and its allowed-values message read these registries, so
-adding one is one function::
+A searcher is one registered function returning an Optuna sampler (Ray's OptunaSearch drives it, through
+the run's Optuna study). A scheduler is a :class:`SchedulerParts`: what the scheduler supplies or needs,
+declared once here; the settings check, the space check, the driver, each trial, ``--debug`` and
+results.csv ask the registration, never the scheduler's name. A plain scheduler is still one function
+of the settings (it gets the Optuna searcher and every default)::
 
     @register_scheduler("median")
     def median(s):
         from ray.tune.schedulers import MedianStoppingRule
         return MedianStoppingRule(time_attr="training_iteration", grace_period=s.scheduler.grace_period)
 
+One with parts of its own declares them (see ``pbt`` below)::
+
+    register_scheduler("mine", SchedulerParts(build=make_scheduler, search_alg=my_search_alg, uses_study=False,
+                                              trial_callbacks=lambda cfg: [MyCallback()]))
+
+A paired searcher + scheduler (BOHB-style: Ray's ``HyperBandForBOHB`` with ``TuneBOHB``) is one such
+registration: ``build`` makes the scheduler, ``search_alg`` its searcher and param space from the space's
+distributions, ``uses_study=False``, and ``check_settings`` / ``default_searcher`` say what ``searcher.*``
+may hold. A searcher that is not an Optuna sampler (e.g. a multi-objective Ray search algorithm) fits the
+same way, paired with a FIFO ``build``; one that is an Optuna sampler is a ``register_searcher`` function.
+
 Builders import Ray or Optuna themselves: this module is read without them (settings, ``--debug``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from ..registry import registrar
+from ..registry import register, registrar
+from . import pbt as _pbt  # no Ray or Lightning at import: its parts import them when called
 
 SEARCHERS: dict[str, Callable] = {}  # name -> build(settings) -> optuna.samplers.BaseSampler
-SCHEDULERS: dict[str, Callable] = {}  # name -> build(settings) -> ray.tune.schedulers.TrialScheduler
+SCHEDULERS: dict[str, "SchedulerParts"] = {}  # name -> what that scheduler supplies or needs
+
+
+@dataclass(frozen=True)
+class SchedulerParts:
+    """A scheduler registration. Only ``build`` is required; each other part left at its default means
+    "nothing special" (the Optuna study's searcher, no extra checks, callbacks or columns).
+
+    - ``build(space) -> ray.tune.schedulers.TrialScheduler`` (``space``: the parsed SearchSpace; its
+      ``search`` holds the settings).
+    - ``search_alg(space) -> (Ray search algorithm, Tuner param_space)``: a searcher of its own instead of
+      the Optuna study's (None: the study's OptunaSearch over the space's distributions).
+    - ``uses_study``: whether the run has an Optuna study (optuna.db, warm start, parameter importance);
+      False needs a ``search_alg`` (the study is the default searcher's).
+    - ``min_checkpoints``: per trial at least (``search.checkpoints_to_keep`` or this, the larger).
+    - ``default_searcher``: ``search.searcher.name`` when the file names none (None: the settings' default).
+    - ``check_settings(where, settings)``, ``check_space(space)``: refuse, with a UserError, what it cannot
+      run (values, keys it cannot search).
+    - ``trial_callbacks(cfg) -> [Lightning callbacks]``: added to every trial (and ``--debug``); a
+      callback with a ``reported`` attribute (metric names) gets those names into each Ray report.
+    - ``trial_events(run_dir) -> {trial id: [event]}``: each trial's changes of config in mid-training,
+      in order, as ``{"epoch", "donor", "donor_epoch", "config"}`` (results.csv's hyperparameters are
+      the last event's config; the learning curves draw the jumps).
+    - ``results_columns(reports, events) -> {column: value}``: extra results.csv columns of one trial
+      (``reports``: its DataFrame of reports or None, ``events``: its trial_events); called once with
+      ``(None, [])`` for the column names of an empty table.
+    """
+
+    build: Callable[[Any], Any]
+    search_alg: Optional[Callable[[Any], tuple]] = None
+    uses_study: bool = True
+    min_checkpoints: int = 1
+    default_searcher: Optional[str] = None
+    check_settings: Optional[Callable[[str, Any], None]] = None
+    check_space: Optional[Callable[[Any], None]] = None
+    trial_callbacks: Optional[Callable[[Any], list]] = None
+    trial_events: Optional[Callable[[Any], dict]] = None
+    results_columns: Optional[Callable[[Any, list], dict]] = None
+
+    def __post_init__(self) -> None:
+        if self.search_alg is None and not self.uses_study:
+            raise ValueError("SchedulerParts: uses_study=False needs a search_alg (the study is the default "
+                             "searcher's)")
 
 
 def register_searcher(name: str, replace: bool = False):
@@ -28,9 +84,35 @@ def register_searcher(name: str, replace: bool = False):
     return registrar(SEARCHERS, "searcher", name, replace)
 
 
-def register_scheduler(name: str, replace: bool = False):
-    """Decorator: register ``build(settings) -> Ray TrialScheduler`` as ``search.scheduler.name: <name>``."""
-    return registrar(SCHEDULERS, "scheduler", name, replace)
+def register_scheduler(name: str, parts: SchedulerParts | None = None, replace: bool = False):
+    """``register_scheduler(name, SchedulerParts(...))`` registers a scheduler with its parts; as a
+    decorator, ``@register_scheduler(name)`` on ``build(settings) -> Ray TrialScheduler`` registers a
+    plain one (the function is returned unchanged). A name is registered once (``replace``: see
+    tune_cifar.registry)."""
+    if parts is not None:
+        return register(SCHEDULERS, "scheduler", name, parts, by=parts.build, replace=replace)
+
+    def deco(build):
+        entry = build if isinstance(build, SchedulerParts) else SchedulerParts(build=_OnSettings(build))
+        register(SCHEDULERS, "scheduler", name, entry, by=getattr(build, "build", build), replace=replace)
+        return build
+
+    return deco
+
+
+class _OnSettings:
+    """A plain scheduler's ``build(settings)`` as ``build(space)``."""
+
+    def __init__(self, build: Callable) -> None:
+        self.build = build
+
+    def __call__(self, space):
+        return self.build(space.search)
+
+
+def scheduler_parts(s) -> SchedulerParts:
+    """The registration of the settings' ``scheduler.name`` (checked by the settings: registered)."""
+    return SCHEDULERS[s.scheduler.name]
 
 
 # --------------------------------------------------------------------------- built-in searchers (Optuna)
@@ -73,11 +155,10 @@ def fifo(s):
     return FIFOScheduler()
 
 
-@register_scheduler("pbt")
-def pbt(s, space):
-    """Population-based training (pbt.py). Unlike the others it needs the space (its distributions are
-    the mutations) and replaces the Optuna searcher (Ray refuses one with PBT): run_search builds it,
-    with its search algorithm, through ``pbt.search_parts(space)``."""
-    from .pbt import make_scheduler
-
-    return make_scheduler(space)
+register_scheduler("pbt", SchedulerParts(
+    # Population-based training (pbt.py): Ray's PBT takes no Optuna searcher, so it draws its own
+    # population; its trials change hyperparameters in mid-training (exploits)
+    build=_pbt.make_scheduler, search_alg=_pbt.search_alg, uses_study=False,
+    min_checkpoints=_pbt.MIN_CHECKPOINTS,  # a donor's latest checkpoint must outlive its restore
+    default_searcher="random", check_settings=_pbt.check_settings, check_space=_pbt.check_space,
+    trial_callbacks=_pbt.trial_callbacks, trial_events=_pbt.exploit_events, results_columns=_pbt.results_columns))

@@ -12,8 +12,9 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import UserError
 from ..metrics import in_stage
-from . import pbt, storage
+from . import storage
 from .names import STOP_REASON, checkpoint_file
+from .registry import scheduler_parts
 from .space import SearchSpace
 
 log = logging.getLogger("tune_cifar")
@@ -97,10 +98,12 @@ def trial_id_of(result) -> str:
 
 
 def exploits(space: SearchSpace, grid) -> dict[str, list[dict]]:
-    """PBT's exploit events by trial id, from the run folder that holds every trial's folder."""
-    if space.search.scheduler.name != "pbt" or not len(grid):
+    """The scheduler's events by trial id (e.g. PBT's exploits; registry.py ``trial_events``), from the
+    run folder that holds every trial's folder."""
+    events = scheduler_parts(space.search).trial_events
+    if events is None or not len(grid):
         return {}
-    return pbt.exploit_events(Path(grid[0].path).parent)
+    return events(Path(grid[0].path).parent)
 
 
 def _last_config(result, events: list[dict] | None) -> dict:
@@ -153,12 +156,11 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
 
     s, rows = space.search, []
     left = unfinished(statuses or {})  # ids of trials an interruption left running or pending
-    is_pbt = s.scheduler.name == "pbt"
+    columns_of = scheduler_parts(s).results_columns  # the scheduler's own columns (e.g. PBT's exploits)
     events = exploits(space, grid)
     for result in grid:
-        df = trial_curve(result)
-        trained = len(df) if df is not None else 0
-        df = exportable_rows(df)
+        reports = trial_curve(result)
+        df = exportable_rows(reports)
         has = df is not None and len(df) and s.metric in df
         values = df[s.metric].astype(float) if has else pd.Series(dtype=float)
         best_i = _best_index(values, s.mode)
@@ -176,16 +178,15 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
             "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
             "epochs": epochs,
             "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
-            **({"epochs_trained": trained, "exploits": len(events.get(trial_id, [])),
-                "cloned_from": pbt.describe_exploits(events.get(trial_id, []))} if is_pbt else {}),
+            **(columns_of(reports, events.get(trial_id, [])) if columns_of else {}),
             **({PEAK_GPU: round(float(df[PEAK_METRIC].max()), 1)} if has and PEAK_METRIC in df else {}),
             **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
                for k, v in space.values(_last_config(result, events.get(trial_id))).items()},
             "error": describe_error(result.error) if result.error else reason,
         })
     peak = [PEAK_GPU] if any(PEAK_GPU in r for r in rows) else []  # trials on a GPU
-    pbt_columns = ["epochs_trained", "exploits", "cloned_from"] if is_pbt else []
-    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *pbt_columns, *peak,
+    own = list(columns_of(None, [])) if columns_of else []  # the names, also for an empty table
+    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *own, *peak,
                *(p.key for p in space.params), "error"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
@@ -320,7 +321,7 @@ def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str
     from .importance import PLOT, param_importances, run_trials
 
     s = space.search
-    if s.scheduler.name == "pbt":  # PBT searches without Optuna (its trials change hyperparameters): no study
+    if not scheduler_parts(s).uses_study:  # e.g. PBT searches without Optuna (its trials change hyperparameters)
         return {}
     try:
         store, name = study.study_storage(s, paths.local), study.study_name(s)

@@ -13,7 +13,7 @@ from ..config import build_section, config_from_dict, default_mode
 from ..errors import FOLDER_NAME, UserError, allowed, is_folder_name
 from ..metrics import logged_keys
 from .keys import get_dotted
-from .registry import SCHEDULERS, SEARCHERS
+from .registry import SCHEDULERS, SEARCHERS, scheduler_parts
 
 
 @dataclass
@@ -72,8 +72,9 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         s = build_section(SearchSettings, data, "search")
     except UserError as err:
         raise UserError(f"{where}: {str(err).removeprefix('config: ')}") from None
-    if s.scheduler.name == "pbt" and "name" not in (data.get("searcher") or {}):
-        s.searcher.name = "random"  # PBT draws its population at random (no Optuna): tpe is the default elsewhere
+    parts = SCHEDULERS.get(s.scheduler.name)  # an unregistered name is refused below
+    if parts and parts.default_searcher and "name" not in (data.get("searcher") or {}):
+        s.searcher.name = parts.default_searcher  # e.g. PBT draws its population at random (no Optuna)
     s.metric = s.metric or base["task"]["monitor"]
     # the base's explicit monitor_mode goes with its own monitor only; otherwise a loss is minimised
     s.mode = s.mode or (base["task"]["monitor_mode"] if s.metric == base["task"]["monitor"] else None) \
@@ -107,10 +108,8 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         if not ok:
             value = get_dotted(dataclasses.asdict(s), key)
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
-    if s.scheduler.name == "pbt":
-        from .pbt import check_settings
-
-        check_settings(where, s)
+    if scheduler_parts(s).check_settings:  # the scheduler's own values (e.g. PBT's)
+        scheduler_parts(s).check_settings(where, s)
     return s
 
 

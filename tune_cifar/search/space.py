@@ -22,6 +22,7 @@ from ..metrics import check_metrics
 from ..packaged import find_space
 from .keys import RESERVED, check_scoring, get_dotted
 from .params import KINDS, Dist, Param, check_models, check_values, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
+from .registry import scheduler_parts
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
 from .yamlfile import load_yaml
 
@@ -207,9 +208,8 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     refs = {k for p in params.values() for k in [*p.when, *([p.depends_on] if p.depends_on else [])]}
     context = {k: get_dotted(base, k) for k in refs | set(params)}
     space = SearchSpace(where, base, [p for p in params.values() if p not in fixed], search, context)
-    if search.scheduler.name == "pbt":
-        from .pbt import check_space
-
+    check_space = scheduler_parts(search).check_space
+    if check_space:  # keys the scheduler cannot search (e.g. PBT: only those a restored trial can change)
         check_space(space)
     for i, point in enumerate(search.searcher.points_to_evaluate):
         if not isinstance(point, dict):

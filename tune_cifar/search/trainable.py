@@ -22,9 +22,9 @@ from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .names import CHECKPOINT_FILE, STOP_REASON, checkpoint_file
-from .pbt import LR_METRIC
+from .registry import scheduler_parts
 from .space import SearchSpace
-from ..training import KeepConfiguredHyperparameters, LogLearningRate, WorkerMemory, fit, quiet, release_memory
+from ..training import KeepConfiguredHyperparameters, WorkerMemory, fit, quiet, release_memory
 
 
 def reported_metrics(cfg: Config) -> list[str]:
@@ -62,7 +62,7 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     failure, stopped, exit_code = None, False, None
     try:
-        _fit(cfg, arrays, values, pbt=space.search.scheduler.name == "pbt")
+        _fit(cfg, arrays, values, scheduler_callbacks(space, cfg))
     except NonFiniteLoss as err:
         failure = str(err)
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
@@ -80,14 +80,22 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
         tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: failure})
 
 
-def _fit(cfg: Config, arrays: ImageArrays, values: dict, pbt: bool = False) -> None:
+def scheduler_callbacks(space: SearchSpace, cfg: Config) -> list:
+    """The Lightning callbacks the search's scheduler declares for its trials (registry.py), e.g. PBT's
+    learning-rate report. After ``trial_config``: a plugin's registration exists in this process then."""
+    make = scheduler_parts(space.search).trial_callbacks
+    return list(make(cfg)) if make else []
+
+
+def _fit(cfg: Config, arrays: ImageArrays, values: dict, extra: list = ()) -> None:
     """One Lightning fit reporting each validation epoch; a retried trial resumes from its checkpoint,
-    a PBT trial from its donor's (with its own, mutated, optimizer values: KeepConfiguredHyperparameters)."""
+    a PBT trial from its donor's (with its own, mutated, optimizer values: KeepConfiguredHyperparameters).
+    ``extra``: the scheduler's callbacks; each one's ``reported`` metric names join the report."""
     memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
-    rate = [LogLearningRate(LR_METRIC)] if pbt else []
-    report = TuneReportCheckpointCallback(metrics=[*reported_metrics(cfg), *memory.names, *(r.name for r in rate)],
+    added = [name for cb in extra for name in getattr(cb, "reported", ())]
+    report = TuneReportCheckpointCallback(metrics=[*reported_metrics(cfg), *memory.names, *added],
                                           filename=CHECKPOINT_FILE, on="validation_end")
-    callbacks = [KeepConfiguredHyperparameters(), memory, *rate, report,
+    callbacks = [KeepConfiguredHyperparameters(), memory, *extra, report,
                  *trial_callbacks(values, tune.get_context().get_trial_id())]
     checkpoint = tune.get_checkpoint()
     with resource_errors():
