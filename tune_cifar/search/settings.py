@@ -13,7 +13,7 @@ from ..config import build_section, config_from_dict, default_mode
 from ..errors import FOLDER_NAME, UserError, allowed, is_folder_name
 from ..metrics import logged_keys
 from .keys import get_dotted
-from .registry import SCHEDULERS, SEARCHERS, scheduler_parts
+from .registry import SCHEDULERS, SEARCHERS
 
 
 @dataclass
@@ -108,8 +108,8 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         if not ok:
             value = get_dotted(dataclasses.asdict(s), key)
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
-    if scheduler_parts(s).check_settings:  # the scheduler's own values (e.g. PBT's)
-        scheduler_parts(s).check_settings(where, s)
+    if parts.check_settings:  # the scheduler's own values (e.g. PBT's); registered: checked above
+        parts.check_settings(where, s)
     return s
 
 
