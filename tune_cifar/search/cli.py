@@ -94,7 +94,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         if address:
             space.check_gpus(ray.cluster_resources().get("GPU", 0), "the Ray cluster")
         cluster.check_resources(s, f"the Ray cluster at {address}" if address else "this machine")
-        trainable = tune.with_resources(tune.with_parameters(train_trial, space=space, arrays=arrays),
+        trainable = tune.with_resources(tune.with_parameters(train_trial, space=space, arrays=arrays,
+                                                             scheduler_callbacks=parts.trial_callbacks),
                                         s.resources.for_ray())
         if paths.resume:
             print(f"resuming {paths.ray_dir}", flush=True)

@@ -52,8 +52,9 @@ class SchedulerParts:
     - ``default_searcher``: ``search.searcher.name`` when the file names none (None: the settings' default).
     - ``check_settings(where, settings)``, ``check_space(space)``: refuse, with a UserError, what it cannot
       run (values, keys it cannot search).
-    - ``trial_callbacks(cfg) -> [Lightning callbacks]``: added to every trial (and ``--debug``); a
-      callback with a ``reported`` attribute (metric names) gets those names into each Ray report.
+    - ``trial_callbacks(cfg) -> [Lightning callbacks]``: added to every trial (and ``--debug``); the driver
+      hands the function to the trials (picklable: a module's function); a callback with a ``reported``
+      attribute (metric names) gets those names into each Ray report.
     - ``trial_events(run_dir) -> {trial id: [event]}``: each trial's changes of config in mid-training,
       in order, as ``{"epoch", "donor", "donor_epoch", "config"}`` (results.csv's hyperparameters are
       the last event's config; the learning curves draw the jumps).

@@ -11,6 +11,7 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from ray import tune
@@ -22,7 +23,6 @@ from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .names import CHECKPOINT_FILE, STOP_REASON, checkpoint_file
-from .registry import scheduler_parts
 from .space import SearchSpace
 from ..training import KeepConfiguredHyperparameters, WorkerMemory, fit, quiet, release_memory
 
@@ -50,8 +50,11 @@ def _whole(file: Path) -> bool:
         return False
 
 
-def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
-    """Ray's entry point for one trial; ``config`` is what the Optuna searcher suggested."""
+def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays,
+                scheduler_callbacks: Optional[Callable[[Config], list]] = None) -> None:
+    """Ray's entry point for one trial; ``config`` is what the searcher suggested. ``scheduler_callbacks``:
+    the scheduler registration's ``trial_callbacks`` (registry.py), given by the driver (a scheduler registered
+    only there is unknown in this worker)."""
     quiet("ray.train", "ray.tune")
     # Ray reuses this process for a later trial only if this one's thread ends within this many seconds
     # of being stopped, else that later trial fails; Lightning's teardown and freeing GPU memory can
@@ -62,7 +65,7 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     failure, stopped, exit_code = None, False, None
     try:
-        _fit(cfg, arrays, values, scheduler_callbacks(space, cfg))
+        _fit(cfg, arrays, values, list(scheduler_callbacks(cfg)) if scheduler_callbacks else [])
     except NonFiniteLoss as err:
         failure = str(err)
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
@@ -80,17 +83,11 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays) -> None:
         tune.report({**{m: float("nan") for m in reported_metrics(cfg)}, STOP_REASON: failure})
 
 
-def scheduler_callbacks(space: SearchSpace, cfg: Config) -> list:
-    """The Lightning callbacks the search's scheduler declares for its trials (registry.py), e.g. PBT's
-    learning-rate report. After ``trial_config``: a plugin's registration exists in this process then."""
-    make = scheduler_parts(space.search).trial_callbacks
-    return list(make(cfg)) if make else []
-
-
 def _fit(cfg: Config, arrays: ImageArrays, values: dict, extra: list = ()) -> None:
     """One Lightning fit reporting each validation epoch; a retried trial resumes from its checkpoint,
     a PBT trial from its donor's (with its own, mutated, optimizer values: KeepConfiguredHyperparameters).
-    ``extra``: the scheduler's callbacks; each one's ``reported`` metric names join the report."""
+    ``extra``: the scheduler's callbacks (e.g. PBT's learning rate); each one's ``reported`` metric names
+    join the report."""
     memory = WorkerMemory()  # before the model exists: counts what an earlier trial in this worker left
     added = [name for cb in extra for name in getattr(cb, "reported", ())]
     report = TuneReportCheckpointCallback(metrics=[*reported_metrics(cfg), *memory.names, *added],
