@@ -16,7 +16,8 @@ from .errors import UserError
 
 def _module(obj: Any) -> str:
     """Who registered ``obj``: its function's module (a plugin's own name), else the object's."""
-    target = getattr(obj, "create", None) or getattr(obj, "load", None) or obj  # Provider / Source records
+    # Provider / Source records, a scheduler's SchedulerParts
+    target = getattr(obj, "create", None) or getattr(obj, "load", None) or getattr(obj, "build", None) or obj
     return getattr(target, "__module__", None) or type(obj).__module__
 
 

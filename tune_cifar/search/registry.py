@@ -106,6 +106,7 @@ class _OnSettings:
 
     def __init__(self, build: Callable) -> None:
         self.build = build
+        self.__module__ = build.__module__  # who registered it (a duplicate name's message names it)
 
     def __call__(self, space):
         return self.build(space.search)
