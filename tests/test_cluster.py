@@ -150,14 +150,14 @@ def test_joining_a_dead_address_says_so_and_ctrl_c_stops_it(tmp_path, data_root,
     time limit; Ctrl-C while it waits ends it at once (exit 130)."""
     space = small_space(tmp_path, data_root)
     address = f"127.0.0.1:{free_port()}"
-    env = {**user_env, "TUNE_CIFAR_CONNECT_TIMEOUT_S": "20"}
+    env = {**user_env, "TUNE_CIFAR_CONNECT_TIMEOUT_S": "8"}  # a user's setting: the wait is all wall time
     start = time.monotonic()
     result = run_search(space, tmp_path, env, "--address", address, timeout=120)
     assert result.returncode == 2, result.stdout[-3000:]
     assert f"connecting to the Ray cluster at {address}" in result.stdout
     errors = [ln for ln in result.stdout.splitlines() if ln.startswith("tune_cifar.search: error:")]
     assert len(errors) == 1 and address in errors[0] and "Traceback" not in result.stdout, result.stdout[-3000:]
-    assert time.monotonic() - start < 90
+    assert time.monotonic() - start < 78  # the 8 s limit and the same 70 s for start-up as before
 
     env = {**user_env, "TUNE_CIFAR_CONNECT_TIMEOUT_S": "600"}
     proc = subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(space), "--address", address],

@@ -68,11 +68,14 @@ def test_fault_injection_is_loaded_only_when_its_variable_is_set():
               "cbs = trial_callbacks({'optimizer.lr': 0.1}, 't1'); "
               "print(sorted(type(c).__name__ for c in cbs), 'tune_cifar.fault_injection' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != TEST_FAULTS_ENV}
-    plain = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert plain.stdout.split("\n")[0] == "['NonFiniteLossCallback'] False"
-    env[TEST_FAULTS_ENV] = json.dumps([{"when": {"optimizer.lr": 0.1}, "fault": "raise"}])
-    asked = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert asked.stdout.split("\n")[0] == "['FaultInjection', 'NonFiniteLossCallback'] True"
+    asked_env = {**env, TEST_FAULTS_ENV: json.dumps([{"when": {"optimizer.lr": 0.1}, "fault": "raise"}])}
+    # both processes at once: each spends seconds importing torch, and they do not depend on each other
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for e in (env, asked_env)]
+    (plain, plain_err), (asked, asked_err) = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], plain_err[-2000:] + asked_err[-2000:]
+    assert plain.split("\n")[0] == "['NonFiniteLossCallback'] False"
+    assert asked.split("\n")[0] == "['FaultInjection', 'NonFiniteLossCallback'] True"
 
 
 def test_worker_memory_counts_what_an_earlier_trial_left(tiny_cfg):

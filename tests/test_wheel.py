@@ -43,9 +43,14 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
-def _run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=_user_env(target), capture_output=True,
-                          text=True, timeout=600)
+def _start(target: Path, cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=_user_env(target), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _done(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_wheel_ships_configs_and_spaces(installed):
@@ -59,41 +64,46 @@ def test_wheel_ships_configs_and_spaces(installed):
 def test_installed_wheel_trains_and_searches_outside_the_repo(installed, cifar10_root, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = _run(installed, work, "-c", "import tune_cifar, tune_cifar.config as c; "
-                                        "print(tune_cifar.__file__); print(c.CONFIG_DIR)")
+    # config groups of the user's own, next to ours (--config-dir), used by name: a model and a data group
+    mine = work / "my_configs" / "model"
+    mine.mkdir(parents=True)
+    (mine / "my_net.yaml").write_text("defaults:\n  - small_cnn\n  - _self_\nmodel_name: tiny_cnn\n")
+    (work / "my_configs" / "data").mkdir()
+    (work / "my_configs" / "data" / "tiny_cifar.yaml").write_text(
+        f"defaults:\n  - cifar10\n  - _self_\ndataset_path: {cifar10_root}\ndownload: false\n")
+
+    # The four commands do not depend on each other: they run at once (each spends seconds importing torch).
+    where = _start(installed, work, "-c", "import tune_cifar, tune_cifar.config as c; "
+                                          "print(tune_cifar.__file__); print(c.CONFIG_DIR)")
+    train = _start(installed, work, "-m", "tune_cifar.train", "--config-dir", "my_configs", "model=my_net",
+                   "data=cifar10", f"data.dataset_path={cifar10_root}", "data.download=false",
+                   "trainer.accelerator=cpu", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
+                   "run.output_dir=outputs")
+    # a bundled space by name (no such file here), --debug: one trial without Ray, on the user's data group
+    search = _start(installed, work, "-m", "tune_cifar.search", "cpu_small", "--debug", "trainer.fast_dev_run=true",
+                    "--config-dir", "my_configs", "data=tiny_cifar", "data.train_subset=100", "data.val_subset=50",
+                    "data.test_subset=50", '--params={"model.model_name": "tiny_cnn"}', "--output-dir", "searches")
+    # a name that is neither a file here nor bundled
+    missing = _start(installed, work, "-m", "tune_cifar.search", "nope", "--debug")
+    where, train, search, missing = map(_done, (where, train, search, missing))
+
     assert where.returncode == 0, where.stderr
     module_file, config_dir = where.stdout.split()
     assert Path(module_file).is_relative_to(installed) and Path(config_dir).is_relative_to(installed)
 
-    # a config group of the user's own, next to ours (--config-dir), used by name
-    mine = work / "my_configs" / "model"
-    mine.mkdir(parents=True)
-    (mine / "my_net.yaml").write_text("defaults:\n  - small_cnn\n  - _self_\nmodel_name: tiny_cnn\n")
-    train = _run(installed, work, "-m", "tune_cifar.train", "--config-dir", "my_configs", "model=my_net",
-                 "data=cifar10", f"data.dataset_path={cifar10_root}", "data.download=false",
-                 "trainer.accelerator=cpu", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
-                 "run.output_dir=outputs")
     assert train.returncode == 0, train.stderr[-3000:]
     assert "accuracy/test=" in train.stdout
     (config_yaml,) = (work / "outputs").rglob("config.yaml")
     assert "model_name: tiny_cnn" in config_yaml.read_text()
 
-    # a bundled space by name (no such file here), --debug: one trial without Ray, on a data group of the user's
-    (work / "my_configs" / "data").mkdir()
-    (work / "my_configs" / "data" / "tiny_cifar.yaml").write_text(
-        f"defaults:\n  - cifar10\n  - _self_\ndataset_path: {cifar10_root}\ndownload: false\n")
-    search = _run(installed, work, "-m", "tune_cifar.search", "cpu_small", "--debug", "trainer.fast_dev_run=true",
-                  "--config-dir", "my_configs", "data=tiny_cifar", "data.train_subset=100", "data.val_subset=50",
-                  "data.test_subset=50", '--params={"model.model_name": "tiny_cnn"}', "--output-dir", "searches")
     assert search.returncode == 0, search.stderr[-3000:]
     assert "debug trial:" in search.stdout and "validation: accuracy/val=" in search.stdout
     (config_yaml,) = (work / "searches" / "fashion_cpu_small").glob("debug_*/config.yaml")
     assert f"dataset_path: {cifar10_root}" in config_yaml.read_text()
 
-    # a name that is neither a file here nor bundled: one line naming the bundled ones, exit 2
+    # the missing name: one line naming the bundled ones, exit 2
     from tune_cifar.packaged import bundled_spaces
 
-    missing = _run(installed, work, "-m", "tune_cifar.search", "nope", "--debug")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         "tune_cifar.search: error: nope: no such search-space file here and no bundled space of that name; "
