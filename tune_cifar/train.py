@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import logging
+import shlex
 import sys
 import time
 import warnings
@@ -26,7 +27,10 @@ from .classifier import Classifier
 from .data import ImageArrays, load_data
 from .errors import UserError, check_output_dir, cli_entry
 from .evaluation import evaluate
-from .training import build_system, check_resumable, fit, preflight, transfer_weights, val_metrics
+from .checkpoint import read_checkpoint
+from .signals import Interrupted, Received, stop_when_asked, terminate_as_interrupt
+from .training import (StopWhenAsked, build_system, check_resumable, fit, preflight, transfer_weights,
+                       val_metrics)
 from .packaged import with_config_dirs
 
 log = logging.getLogger("tune_cifar")
@@ -34,6 +38,8 @@ log = logging.getLogger("tune_cifar")
 # Data lives in memory as uint8 tensors: loader workers are not needed, so the hint is noise.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
+# A signal is reported once, by ``interrupted`` below: Lightning's own "Received SIGTERM" line is noise.
+logging.getLogger("pytorch_lightning.trainer.connectors.signal_connector").setLevel(logging.WARNING)
 
 
 def new_output_dir(cfg: Config) -> Path:
@@ -54,8 +60,12 @@ def _scalars(metrics: dict) -> dict:
 # --------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = None) -> dict:
-    """Train (or evaluate) one configuration; returns metrics and output paths."""
+def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = None,
+        argv: Sequence[str] | None = None) -> dict:
+    """Train (or evaluate) one configuration; returns metrics and output paths.
+
+    Ctrl-C or SIGTERM while it fits or tests stops it at the end of the batch (``interrupted``: one line
+    with the command that resumes it, built from ``argv``; exit 130)."""
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
     preflight(cfg)  # before any download or folder
     check_output_dir(cfg.run.output_dir, "run.output_dir")
@@ -92,17 +102,46 @@ def _run_into(cfg: Config, arrays: ImageArrays, out_dir: Path, system, ckpt_path
     if cfg.run.predict:
         result["test"] = scored.metrics
     else:
-        trainer = fit(cfg, arrays, out_dir, ckpt_path=ckpt_path, checkpointing=True, loggers=True, system=system,
-                      summary=True)
-        result["val"] = val_metrics(trainer)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            result["best_checkpoint"] = os.path.relpath(best, out_dir)
-            result["best_score"] = float(trainer.checkpoint_callback.best_model_score)
-        test = trainer.test(system, datamodule=trainer.datamodule, ckpt_path="best" if best else None, verbose=False)
+        with stop_when_asked() as received:  # the first signal stops at the end of the batch, a second at once
+            stopper = StopWhenAsked(received, raise_interrupted=True)
+            try:
+                trainer = fit(cfg, arrays, out_dir, [stopper], ckpt_path=ckpt_path, checkpointing=True,
+                              loggers=True, system=system, summary=True)
+                result["val"] = val_metrics(trainer)
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                if best:
+                    result["best_checkpoint"] = os.path.relpath(best, out_dir)
+                    result["best_score"] = float(trainer.checkpoint_callback.best_model_score)
+                test = trainer.test(system, datamodule=trainer.datamodule, ckpt_path="best" if best else None,
+                                    verbose=False)
+            # Interrupted: ours, at a batch's end; SystemExit: Lightning's SIGTERMException (its own stop at a
+            # batch's end, which exits 0) or its exit(1) after a second Ctrl-C; KeyboardInterrupt: a second signal
+            except (Interrupted, SystemExit, KeyboardInterrupt):
+                if not received:
+                    raise
+                interrupted(cfg, out_dir, received, stopper.stage or "start-up", argv)
         result["test"] = _scalars(test[0])
     write_text(out_dir / "results.json", json.dumps(result, indent=2))
     return result
+
+
+def interrupted(cfg: Config, out_dir: Path, received: Received, stage: str, argv: Sequence[str] | None) -> None:
+    """Say in one line where the run stopped and how to continue it; exit 130 (results.json is not written:
+    the run did not finish). ``last.ckpt`` is the one ModelCheckpoint wrote at the last validation, by default
+    the end of the last whole epoch (nothing is written after the signal)."""
+    last = (out_dir / "checkpoints" / "last.ckpt").absolute()
+    what = f"tune_cifar.train: interrupted by {received.name} during {stage}"
+    if not last.is_file():
+        print(f"{what}, before any checkpoint was written (one is written at the end of each epoch); run folder "
+              f"{out_dir}; run the command again to start over", file=sys.stderr, flush=True)
+        sys.exit(130)
+    epoch = read_checkpoint(last).get("epoch", -1) + 1  # Lightning stores the 0-based epoch it was saved in
+    kept = [a for a in (argv if argv is not None else ["<your overrides>"])
+            if not a.lstrip("+~").startswith(("run.checkpoint_path=", "run.resume="))]
+    again = shlex.join(["python", "-m", "tune_cifar.train", *kept, f"run.checkpoint_path={last}", "run.resume=true"])
+    print(f"{what}; {last} is whole, saved at the end of epoch {epoch} of {cfg.trainer.max_epochs}; resume with: "
+          f"{again}", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 @cli_entry
@@ -112,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(__doc__.strip())
         print("\nExample: python -m tune_cifar.train data=fashion_mnist model=small_cnn trainer.max_epochs=2")
         return {}
-    cfg = load_config(with_config_dirs(argv))
-    result = run(cfg)
+    with terminate_as_interrupt():  # until training starts, SIGTERM ends the run as Ctrl-C does (exit 130)
+        cfg = load_config(with_config_dirs(argv))
+        result = run(cfg, argv=argv)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in result.get("test", {}).items())
     print(f"test: {summary}\noutputs: {result['output_dir']}")
     return result

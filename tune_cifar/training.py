@@ -23,6 +23,7 @@ from .data import ImageArrays, ImageDataModule
 from .errors import UserError
 from .metrics import check_metrics, in_stage, logged_keys
 from .models import ModelSpec, check_model_name
+from .signals import Interrupted, Received
 from .system import ClassificationSystem, InputSpec
 
 
@@ -249,6 +250,35 @@ class WorkerMemory(pl.Callback):
 
 def val_metrics(trainer: pl.Trainer) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if in_stage(k, "val")}
+
+
+class StopWhenAsked(pl.Callback):
+    """Ends a fit at the end of the batch in which a signal arrived (``signals.stop_when_asked`` records
+    it): ``train`` raises ``signals.Interrupted`` there (no validation or checkpoint follows, so
+    ``last.ckpt`` stays the one written at the last epoch boundary, which a resume continues exactly);
+    ``search --debug`` sets ``trainer.should_stop`` (Lightning validates once more and returns)."""
+
+    def __init__(self, received: Received, raise_interrupted: bool = False) -> None:
+        self.received = received
+        self.raise_interrupted = raise_interrupted
+        self.stage = ""  # where it stopped: training, validation, testing
+
+    def _batch_end(self, trainer: pl.Trainer, stage: str) -> None:
+        if not self.received:
+            return
+        self.stage = "sanity check" if trainer.sanity_checking else stage
+        if self.raise_interrupted:
+            raise Interrupted(self.received.name)
+        trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        self._batch_end(trainer, "training")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args) -> None:  # a long validation ends too
+        self._batch_end(trainer, "validation")
+
+    def on_test_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        self._batch_end(trainer, "testing")
 
 
 # --------------------------------------------------------------------------- restored runs

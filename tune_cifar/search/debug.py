@@ -11,7 +11,7 @@ import yaml
 
 from ..atomic import write_text
 from ..errors import UserError
-from .interrupt import Received, stop_when_asked
+from .interrupt import stop_when_asked
 from .registry import scheduler_parts
 from .sampler import sample
 from .space import SearchSpace, check_measurable
@@ -26,26 +26,12 @@ def _stamp(parent: Path, prefix: str = "") -> str:
     return name
 
 
-def _StopWhenAsked(received: Received):
-    """A Lightning callback that ends the fit at the end of the batch in which a signal arrived."""
-    import pytorch_lightning as pl
-
-    class StopWhenAsked(pl.Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if received:
-                trainer.should_stop = True
-
-        on_validation_batch_end = on_train_batch_end  # a long validation ends too (no more epochs follow)
-
-    return StopWhenAsked()
-
-
 def debug(space: SearchSpace, params: str | None) -> dict:
     """One trial in-process: given (--params) and sampled values, loggers and a best checkpoint."""
     import torch
 
     from ..data import load_data
-    from ..training import fit, val_metrics
+    from ..training import StopWhenAsked, fit, val_metrics
 
     try:
         given = json.loads(params) if params else {}
@@ -67,7 +53,7 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with stop_when_asked() as received:
         try:
-            trainer = fit(cfg, arrays, out_dir, [*extra, _StopWhenAsked(received)],
+            trainer = fit(cfg, arrays, out_dir, [*extra, StopWhenAsked(received)],
                           checkpointing=True, loggers=True)
         except (KeyboardInterrupt, SystemExit):  # a second signal: Lightning turns it into its own exit(1)
             if not received:

@@ -12,8 +12,9 @@ so trials are not hit by the terminal's signal; the driver decides.
   experiment state with every running trial still RUNNING and returns. A second signal stops at once.
   Whether a trial is unfinished is read from the state Tune saved (``results.trial_statuses``).
 - ``deferred()``: signals wait while an export replaces the previous one (never half a swap).
-- ``terminate_as_interrupt()``: SIGTERM raises KeyboardInterrupt like Ctrl-C (start-up, reports).
-- ``stop_when_asked()``: the first signal is recorded for a stop at a safe point (--debug: the batch's end).
+- ``terminate_as_interrupt()``, ``stop_when_asked()`` (in ``tune_cifar.signals``, shared with train): SIGTERM raises
+  KeyboardInterrupt like Ctrl-C (start-up, reports); the first signal is recorded for a stop at a safe point
+  (--debug: the batch's end).
 - ``exit_on_signal()``: while Ray starts or joins a cluster (C++ calls that do not return to Python),
   a signal ends the process at once, and so does a time limit.
 """
@@ -28,71 +29,10 @@ import threading
 import time
 from typing import Iterator
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from ..signals import SIGNALS, Received, stop_when_asked, terminate_as_interrupt  # noqa: F401 - shared with train
+from ..signals import handlers as _handlers, main_thread as _main_thread
+
 TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"  # Ray Tune: do not install its SIGINT handler in fit()
-
-
-class Received:
-    """The signals the driver received (set by the handlers here)."""
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.signals)
-
-    def raise_if_any(self) -> None:
-        if self.signals:
-            raise KeyboardInterrupt
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def _handlers(handler) -> Iterator[None]:
-    if not _main_thread():  # signal handlers can only be set in the main thread
-        yield
-        return
-    saved = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[Received]:
-    """SIGTERM (and SIGINT) raise KeyboardInterrupt, whatever handler was there; yields what was received
-    (Lightning turns a KeyboardInterrupt in fit into its own ``exit(1)``: this tells them apart)."""
-    received = Received()
-
-    def handler(sig, frame):
-        received.signals.append(sig)
-        raise KeyboardInterrupt
-
-    with _handlers(handler):
-        yield received
-
-
-@contextlib.contextmanager
-def stop_when_asked() -> Iterator[Received]:
-    """The first SIGINT/SIGTERM is only recorded (the caller stops at a safe point: ``--debug`` at the end of
-    a batch); a second one raises KeyboardInterrupt at once. A KeyboardInterrupt raised at an arbitrary
-    point of Lightning's loop can leave a logger's lock held, and its own shutdown then hung (seen)."""
-    received = Received()
-
-    def handler(sig, frame):
-        received.signals.append(sig)
-        if len(received.signals) > 1:
-            raise KeyboardInterrupt
-
-    with _handlers(handler):
-        yield received
 
 
 @contextlib.contextmanager
