@@ -91,10 +91,11 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
     # Config, data and model are checked: only now the run folder (a failed start leaves none).
     with disk_full_names(cfg.run.output_dir):  # a full disk, also in Lightning's loggers: one line naming it
         out_dir = out_dir or new_output_dir(cfg)
-        return _run_into(cfg, arrays, out_dir, system, ckpt_path, scored)
+        return _run_into(cfg, arrays, out_dir, system, ckpt_path, scored, argv)
 
 
-def _run_into(cfg: Config, arrays: ImageArrays, out_dir: Path, system, ckpt_path, scored) -> dict:
+def _run_into(cfg: Config, arrays: ImageArrays, out_dir: Path, system, ckpt_path, scored,
+              argv: Sequence[str] | None) -> dict:
     """The run's files: config.yaml, the fit (checkpoints and logs) or the evaluation, results.json;
     each file is written whole or not at all (tune_cifar.atomic)."""
     write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
