@@ -24,7 +24,7 @@ import pytest
 from conftest import write_space
 from tune_cifar.faults import TEST_FAULTS_ENV
 
-EPOCHS = 3
+EPOCHS = 2  # the sleep faults hold epoch 1 or 2; a third epoch proved nothing more
 LRS = (0.01, 0.02)
 
 
@@ -159,7 +159,7 @@ def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path,
     table = pd.read_csv(run / "results.csv")
     assert set(table["status"]) == {"completed"} and len(table) == 2
     for progress in run.glob("trial_*/progress.csv"):
-        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2, 3], progress  # epoch 1 not re-run
+        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2], progress  # epoch 1 not re-run
     assert (exp / "best" / "export.json").is_file()
     assert os.readlink(tmp_path / "outputs" / "best") == os.path.join("tiny", "best")
 
