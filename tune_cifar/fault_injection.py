@@ -68,6 +68,8 @@ class FaultInjection(pl.Callback):
         rule = self.rule
         if rule.get("fault") == "slow_stop" or trainer.current_epoch + 1 != int(rule.get("epoch", 1)):
             return
+        if "rank" in rule and trainer.global_rank != int(rule["rank"]):  # one worker of a multi-worker trial
+            return
         times = rule.get("times")
         if times is not None:
             if self._attempts_so_far() >= int(times):

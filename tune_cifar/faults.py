@@ -15,7 +15,7 @@ Used inside a trial (the Ray trainable); no Ray import here.
   becomes NaN), ``oom`` (a CUDA out-of-memory error), ``exit`` (the trial's process dies, as if
   killed), ``sleep`` (``seconds``, default 3600: a hung trial), ``slow_stop`` (when the scheduler
   stops the trial, its teardown takes ``seconds``, default 5, as a big model's can on a GPU). ``times`` (default: always)
-  limits it to the first N attempts of the trial, counted with marker files in
+  limits it to the first N attempts of the trial (``rank``: only that worker of a multi-worker trial), counted with marker files in
   ``<state_dir>/<trial id>/`` (``state_dir`` default: ``<tmp>/tune_cifar_faults``).
   A rule with ``"stage": "export"`` holds the search's driver instead (only ``sleep``), just before
   it exports the best trial (``driver_fault``: to interrupt a search there).

@@ -95,13 +95,19 @@ class ClassificationSystem(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log(metric_key("loss", "train"), loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(metric_key("loss", "train"), loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=self._synced)
         return loss
+
+    @property
+    def _synced(self) -> bool:
+        """Data-parallel: the epoch's loss is averaged over the processes (each saw its own share of the
+        rows; torchmetrics syncs the other metrics by itself), so every process logs the same value."""
+        return self._trainer is not None and self.trainer.world_size > 1
 
     def _eval_step(self, batch, stage: str, metrics: nn.ModuleDict):
         x, y = batch
         logits = self(x)
-        self.log(metric_key("loss", stage), self.loss(logits, y), on_epoch=True, prog_bar=True)
+        self.log(metric_key("loss", stage), self.loss(logits, y), on_epoch=True, prog_bar=True, sync_dist=self._synced)
         probs = self.probabilities(logits)
         target = y.long()
         for name, metric in metrics.items():

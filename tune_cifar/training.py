@@ -10,7 +10,7 @@ import copy
 import gc
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -184,17 +184,21 @@ def quiet(*names: str) -> None:
 
 def fit(cfg: Config, arrays: ImageArrays, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),
         ckpt_path: str | Path | None = None, checkpointing: bool = False, loggers: bool = False,
-        system: ClassificationSystem | None = None, summary: bool = False) -> pl.Trainer:
+        system: ClassificationSystem | None = None, summary: bool = False,
+        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, **trainer_overrides) -> pl.Trainer:
     """Fit one configuration (resuming from ``ckpt_path`` if given); returns the trainer.
 
     Without ``system`` it seeds and builds one (a trial); ``train`` passes the one it built (and
-    seeded for), e.g. with transferred weights."""
+    seeded for), e.g. with transferred weights. ``trainer_overrides`` and ``prepare`` (applied to the
+    Trainer before fitting): a data-parallel trial's strategy and Ray Train's ``prepare_trainer``."""
     if system is None:
         pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
     system = system if system is not None else build_system(cfg, arrays)
     trainer = build_trainer(cfg, out_dir, callbacks=callbacks, checkpointing=checkpointing, loggers=loggers,
-                            enable_model_summary=summary)
+                            enable_model_summary=summary, **trainer_overrides)
+    if prepare is not None:
+        trainer = prepare(trainer)
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     return trainer
 

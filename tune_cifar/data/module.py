@@ -72,16 +72,39 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 class _EpochBatches(BatchSampler):
     """Shuffled batches in an order fixed by (seed, epoch): Lightning calls ``set_epoch``, so a resumed
-    run (or a retried Ray trial) goes on with the order of its next epoch, not the first epoch's."""
+    run (or a retried Ray trial) goes on with the order of its next epoch, not the first epoch's.
 
-    def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int):
+    Data-parallel (``world`` processes): ``batch_size`` is the global batch; every process draws the same
+    order and takes its own slice of each global batch (``rank``), so the processes together train on
+    exactly the batches one process would (the last, partial batch is dropped: every process needs a
+    batch of the same size at every step)."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int, rank: int = 0, world: int = 1):
         self.generator = torch.Generator()
-        super().__init__(RandomSampler(range(n), generator=self.generator), batch_size, drop_last)
-        self.seed = seed
+        super().__init__(RandomSampler(range(n), generator=self.generator), batch_size, drop_last or world > 1)
+        self.seed, self.rank, self.world = seed, rank, world
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(epoch_seed(self.seed, epoch, 0))
+
+    def __iter__(self):
+        if self.world == 1:
+            yield from super().__iter__()
+            return
+        share = self.batch_size // self.world
+        for batch in super().__iter__():
+            yield batch[self.rank * share:(self.rank + 1) * share]
+
+
+def _shard_batches(n: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Evaluation rows ``rank::world`` in the same number of batches on every process (a process with
+    one batch fewer would wait forever at a collective of the next); the metrics are then synced over
+    the processes (torchmetrics' states, ``sync_dist`` for the loss), so every row is counted once."""
+    rows = np.arange(rank, n, world)
+    largest = -(-n // world)
+    batches = max(1, min(-(-largest // batch_size), n // world))  # no empty batch in the smallest shard
+    return [b.tolist() for b in np.array_split(rows, batches)]
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -135,11 +158,25 @@ class ImageDataModule(pl.LightningDataModule):
         return len(self._splits[name]) if name in self._splits else 0
 
     # -- loaders --------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        """(rank, number of processes) of data-parallel training (Lightning's DDP, Ray Train); (0, 1) alone."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self._splits[name]
+        rank, world = self._world()
         drop_last = shuffle and len(ds) > batch_size
-        batches = (_EpochBatches(len(ds), batch_size, drop_last, self.seed) if shuffle
-                   else BatchSampler(SequentialSampler(ds), batch_size, drop_last))
+        if shuffle:
+            if batch_size % world:
+                raise UserError(f"config: data.train_batch_size={batch_size} is the global batch of {world} "
+                                f"processes; allowed: a multiple of {world}")
+            batches = _EpochBatches(len(ds), batch_size, drop_last, self.seed, rank, world)
+        elif world > 1:
+            batches = _shard_batches(len(ds), batch_size, rank, world)
+        else:
+            batches = BatchSampler(SequentialSampler(ds), batch_size, drop_last)
         on_device = ds.x.device.type != "cpu"
         return DataLoader(ds, sampler=batches, batch_size=None,
                           num_workers=0 if on_device else self.cfg.num_workers,
@@ -164,7 +201,9 @@ class ImageDataModule(pl.LightningDataModule):
             x, y = batch
             epoch = self.trainer.current_epoch
             if self._augment_rng is None or self._augment_rng[0] != epoch or self._augment_rng[1].device != x.device:
-                gen = torch.Generator(device=x.device).manual_seed(epoch_seed(self.seed, epoch, 1))
+                rank = self._world()[0]  # each data-parallel process its own draws; the first as one process's
+                stream = epoch_seed(self.seed, epoch, 1) if rank == 0 else epoch_seed(self.seed, epoch, 1 + rank * 16)
+                gen = torch.Generator(device=x.device).manual_seed(stream)
                 self._augment_rng = (epoch, gen)
             batch = (self.augment(x, self._augment_rng[1]), y)
         return batch

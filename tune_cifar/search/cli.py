@@ -70,7 +70,6 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from ..data import load_data
     from . import study
     from .registry import scheduler_parts
-    from .trainable import train_trial
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
     plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}), overrides, resume=resume,
@@ -94,9 +93,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         if address:
             space.check_gpus(ray.cluster_resources().get("GPU", 0), "the Ray cluster")
         cluster.check_resources(s, f"the Ray cluster at {address}" if address else "this machine")
-        trainable = tune.with_resources(tune.with_parameters(train_trial, space=space, arrays=arrays,
-                                                             scheduler_callbacks=parts.trial_callbacks),
-                                        s.resources.for_ray())
+        trainable = tune.with_resources(_trial_function(space, arrays, parts.trial_callbacks), s.resources.for_ray())
+        concurrent = _concurrent_trials(s, population=parts.search_alg is not None)
         if paths.resume:
             print(f"resuming {paths.ray_dir}", flush=True)
             tuner = tune.Tuner.restore(paths.ray_dir, trainable, resume_unfinished=True, resume_errored=False,
@@ -113,7 +111,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                 trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
-                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                    num_samples=s.num_samples, max_concurrent_trials=concurrent,
                     time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname,
                     reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
                 run_config=tune.RunConfig(
@@ -144,6 +142,40 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         return finish(plan, grid, arrays, statuses, interrupted=stopped)
     except KeyboardInterrupt:  # while writing the reports or exporting: nothing exported
         return _interrupted(paths)
+
+
+def _trial_function(space: SearchSpace, arrays, scheduler_callbacks):
+    """Tune's function for a trial, with the decoded arrays put once in Ray's object store and the scheduler
+    registration's trial callbacks (registry.py)."""
+    from ray import tune
+
+    if space.search.resources.workers == 1:  # one process: the trial trains in Tune's own worker
+        from .trainable import train_trial
+
+        return tune.with_parameters(train_trial, space=space, arrays=arrays, scheduler_callbacks=scheduler_callbacks)
+    import ray
+
+    from .distributed import train_trial_workers
+
+    # its Ray Train workers read the arrays themselves: the trial hands them the reference (in a list, which
+    # Ray passes as it is) instead of arrays it would copy into every worker
+    return tune.with_parameters(train_trial_workers, space=space, arrays=[ray.put(arrays)],
+                                scheduler_callbacks=scheduler_callbacks)
+
+
+def _concurrent_trials(s, population: bool) -> int | None:
+    """search.max_concurrent_trials, and with several workers per trial at most the trials whose workers fit
+    at once: their Tune processes hold no CPU, so Tune would start every trial, to wait for Ray Train's
+    resources (Ray's guide for Tune + Train: limit the trials in flight). Not for a scheduler with its own
+    search algorithm over a population that must exist at once (PBT): its trials take turns."""
+    if s.resources.workers == 1 or population:
+        return s.max_concurrent_trials
+    import ray
+
+    from .workers import trials_that_fit
+
+    fit = max(1, trials_that_fit([n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")], s.resources.total()))
+    return min(fit, s.max_concurrent_trials or fit)
 
 
 def _interrupted(paths: storage.RunPaths) -> dict:

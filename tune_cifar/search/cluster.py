@@ -62,20 +62,30 @@ def use_token_if_available() -> None:
 
 
 def check_resources(s, where: str) -> None:
-    """Every trial must fit on one node: Tune would wait forever for resources nobody has."""
+    """Every trial must fit on one node (all its workers: they do not span nodes): Tune would wait forever
+    for resources nobody has."""
     import ray
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    need = {"CPU": float(s.resources.cpu), "GPU": float(s.resources.gpu)}
-    if any(all(r.get(k, 0) >= v for k, v in need.items()) for r in nodes):
+    r = s.resources
+    need = r.total()
+    if any(all(res.get(k, 0) >= v for k, v in need.items()) for res in nodes):
         return
     for key, value in need.items():
-        best = max((r.get(key, 0) for r in nodes), default=0)
-        if best < value:
+        best = max((res.get(key, 0) for res in nodes), default=0)
+        if best >= value:
+            continue
+        if r.workers == 1:
             raise UserError(f"search.resources.{key.lower()}={value:g} per trial but no node of {where} has "
                             f"{value:g} {key}s (the most on one node: {best:g}); allowed: at most {best:g}")
-    raise UserError(f"search.resources={{cpu: {need['CPU']:g}, gpu: {need['GPU']:g}}}: no single node of {where} "
-                    f"has both; lower one of them")
+        each = value / r.workers
+        raise UserError(f"search.resources: {r.workers} workers x {key.lower()} {each:g} = {value:g} {key}s per "
+                        f"trial (its workers share one node) but no node of {where} has {value:g} (the most on "
+                        f"one node: {best:g}); allowed: search.resources.workers x resources.{key.lower()} at "
+                        f"most {best:g}")
+    workers = f", workers: {r.workers}" if r.workers > 1 else ""
+    raise UserError(f"search.resources={{cpu: {r.cpu:g}, gpu: {r.gpu:g}{workers}}}: no single node of {where} "
+                    f"has both{' (all the workers of a trial share one node)' if workers else ''}; lower one of them")
 
 
 def start_ray(address: str | None):

@@ -42,6 +42,9 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     space.check_gpus(torch.cuda.device_count())
     values = sample(space, given, seed=space.search.searcher.seed)
     print(f"debug trial: {json.dumps(values, default=str)}", flush=True)
+    if space.search.resources.workers > 1:
+        print(f"--debug trains in one process: search.resources.workers={space.search.resources.workers} is "
+              f"ignored (the batch stays data.train_batch_size)", flush=True)
     cfg = space.trial_config(values)
     make = scheduler_parts(space.search).trial_callbacks  # what the scheduler's trials need (registry.py)
     extra = list(make(cfg)) if make else []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
+WORLD_SIZE = "world_size"  # reported by a multi-worker trial (distributed.py): the processes it trained on
 
 # User attributes of each Optuna trial: the results.csv trial_id, the run folder's name, its best epoch,
 # and how the trial ended (see study.py)

@@ -13,7 +13,7 @@ from ..atomic import write_text
 from ..errors import UserError
 from ..metrics import in_stage
 from . import storage
-from .names import STOP_REASON, checkpoint_file
+from .names import STOP_REASON, WORLD_SIZE, checkpoint_file
 from .registry import scheduler_parts
 from .space import SearchSpace
 
@@ -178,6 +178,9 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
             "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
             "epochs": epochs,
             "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
+            # the processes that trained it: reported by a multi-worker trial's rank 0, else one
+            WORLD_SIZE: int(df[WORLD_SIZE].max()) if has and WORLD_SIZE in df and df[WORLD_SIZE].notna().any()
+            else s.resources.workers,
             **(columns_of(reports, events.get(trial_id, [])) if columns_of else {}),
             **({PEAK_GPU: round(float(df[PEAK_METRIC].max()), 1)} if has and PEAK_METRIC in df else {}),
             **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v)
@@ -186,7 +189,7 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
         })
     peak = [PEAK_GPU] if any(PEAK_GPU in r for r in rows) else []  # trials on a GPU
     own = list(columns_of(None, [])) if columns_of else []  # the names, also for an empty table
-    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *own, *peak,
+    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *own, *peak, WORLD_SIZE,
                *(p.key for p in space.params), "error"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
@@ -232,10 +235,13 @@ def _trial_epochs(table) -> int:
 def summary_text(space: SearchSpace, table, top: int = 5) -> str:
     s = space.search
     counts = table["status"].value_counts().to_dict() if len(table) else {}
+    workers = s.resources.workers
+    each = (f"each trial on {workers} data-parallel workers (global batch split over them), " if workers > 1
+            else "each trial in one process, ")
     head = (f"{len(table)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}), "
-            f"{_trial_epochs(table)} trial-epochs; top {min(top, len(table))} "
+            f"{each}{_trial_epochs(table)} trial-epochs; top {min(top, len(table))} "
             f"by {s.metric} ({s.mode}):")
-    cols = [c for c in table.columns if c != "error"]
+    cols = [c for c in table.columns if c != "error" and (c != WORLD_SIZE or workers > 1)]
     return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
 
 

@@ -18,13 +18,25 @@ from .registry import SCHEDULERS, SEARCHERS
 
 @dataclass
 class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0  # fractions share a GPU between trials (each trial still uses devices=1)
+    cpu: float = 1.0  # per worker (per trial with workers: 1)
+    gpu: float = 0.0  # per worker; fractions share a GPU between trials (each worker still uses devices=1)
+    workers: int = 1  # > 1: each trial trains data-parallel on this many Ray Train workers (search/distributed.py)
 
     def for_ray(self) -> dict:
         """What ``tune.with_resources`` reserves per trial (a plain dict, no Ray import): 0.5 GPU packs two
-        trials on a card."""
+        trials on a card. With several workers the trial's own process only starts and watches them (Ray
+        Train reserves the workers' resources itself): it holds no CPU, a token of memory (Tune needs one
+        resource)."""
+        if self.workers > 1:
+            return {"cpu": 0, "memory": DRIVER_MEMORY}
         return {"cpu": self.cpu, "gpu": self.gpu}
+
+    def total(self) -> dict:
+        """What one trial uses in all (Ray's resource names)."""
+        return {"CPU": self.cpu * self.workers, "GPU": self.gpu * self.workers}
+
+
+DRIVER_MEMORY = 2 ** 20  # bytes: what a multi-worker trial's own process reserves (a token; 0 CPUs)
 
 
 @dataclass
@@ -91,6 +103,10 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
          "null or an integer >= 1"),
         ("resources.cpu", s.resources.cpu > 0, "> 0"),
         ("resources.gpu", 0 <= s.resources.gpu <= 1, "0 to 1 (a fraction shares one GPU; one GPU per trial at most)"),
+        ("resources.workers", isinstance(s.resources.workers, int) and s.resources.workers >= 1,
+         "an integer >= 1 (the data-parallel workers of each trial)"),
+        ("resources.gpu", s.resources.workers == 1 or s.resources.gpu in (0, 1),
+         "0 or 1 with search.resources.workers > 1 (each worker of a trial needs a GPU of its own: NCCL)"),
         ("scheduler.name", s.scheduler.name in SCHEDULERS, allowed(SCHEDULERS)),
         ("scheduler.max_epochs", s.scheduler.max_epochs >= 1, "an integer >= 1"),
         ("scheduler.grace_period", 1 <= s.scheduler.grace_period <= s.scheduler.max_epochs,

@@ -24,6 +24,7 @@ from .keys import RESERVED, check_scoring, get_dotted
 from .params import KINDS, Dist, Param, check_models, check_values, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
 from .registry import scheduler_parts
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
+from .workers import check_batch
 from .yamlfile import load_yaml
 
 SECTIONS = ("base", "params", "search")
@@ -211,6 +212,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     check_space = scheduler_parts(search).check_space
     if check_space:  # keys the scheduler cannot search (e.g. PBT: only those a restored trial can change)
         check_space(space)
+    check_batch(space)  # search.resources.workers: every global batch splits evenly over the workers
     for i, point in enumerate(search.searcher.points_to_evaluate):
         if not isinstance(point, dict):
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
