@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,8 +39,7 @@ from ray import tune
 
 from ..config import Config
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
-from ..hparams_restore import KeepConfiguredHyperparameters, LogLearningRate
-from ..training import WorkerMemory, fit, quiet, release_memory
+from ..training import KeepConfiguredHyperparameters, LogLearningRate, WorkerMemory, fit, quiet, release_memory
 from .pbt import LR_METRIC
 from .names import CHECKPOINT_FILE, STOP_REASON, WORLD_SIZE, checkpoint_file
 from .space import SearchSpace
@@ -95,6 +95,8 @@ def _worker(loop: dict) -> None:
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
     quiet("ray.train", "ray.tune")
+    # memory/* are each worker's own (what this process holds): rank 0's are reported, not an average
+    warnings.filterwarnings("ignore", message=r".*'memory/.*sync_dist=True", category=UserWarning)
     space: SearchSpace = loop["space"]
     cfg = space.trial_config(loop["values"])
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
