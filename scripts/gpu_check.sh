@@ -26,5 +26,8 @@ python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_bench.py 2
 tests=${PIPESTATUS[0]}
 python3 bench/gpu_epoch.py "$@" 2>&1 | tee "$out/gpu_epoch.log"
 bench=${PIPESTATUS[0]}
-echo "gpu_check: tests rc=$tests bench rc=$bench"
-[ "$tests" = 0 ] && [ "$bench" = 0 ]
+# 2-process DDP on the one GPU (what a multi-worker trial's workers run, without Ray): same weights, synced metrics
+python3 bench/ddp_smoke.py --accelerator gpu --out "$out/ddp_smoke" 2>&1 | tail -n 1 | tee "$out/ddp_smoke.json"
+ddp=${PIPESTATUS[0]}
+echo "gpu_check: tests rc=$tests bench rc=$bench ddp rc=$ddp"
+[ "$tests" = 0 ] && [ "$bench" = 0 ] && [ "$ddp" = 0 ]
