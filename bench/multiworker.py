@@ -1,9 +1,9 @@
 """One data-parallel trial on 2 Ray Train workers x 1 CPU against one process with 2 CPUs: the same global
 batch, seed and epochs, through the search a user runs (``python -m tune_cifar.search``, one trial each).
 
-    python bench/multiworker.py [--rounds 5] [--images 4000] [--epochs 3] [--out bench/data/multiworker.json]
+    python bench/multiworker.py [--rounds 5] [--images 4000] [--epochs 3] [--val 2000] [--out bench/data/multiworker.json]
 
-Real Fashion-MNIST (Debian's dataset-fashion-mnist), small_cnn, a ``--images`` training subset, 2,000
+Real Fashion-MNIST (Debian's dataset-fashion-mnist), small_cnn, a ``--images`` training subset, ``--val``
 validation images, global batch 128, SGD lr 0.05 (not scaled for the workers). Each round runs the two
 set-ups one after the other (alternating which goes first) with the round's seed (``run.seed``), so the two
 differ only in the number of processes. Figures per run: the best and last validation accuracy, and the
@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUPS = {"1 worker x 2 CPUs": {"cpu": 2, "workers": 1}, "2 workers x 1 CPU": {"cpu": 1, "workers": 2}}
 
 
-def run_one(work: Path, name: str, resources: dict, seed: int, images: int, epochs: int) -> dict:
+def run_one(work: Path, name: str, resources: dict, seed: int, images: int, epochs: int, val: int) -> dict:
     space = work / f"{name}.yaml"
     space.write_text(yaml.safe_dump({
-        "base": ["data=fashion_mnist", "model=small_cnn", f"data.train_subset={images}", "data.val_subset=2000",
+        "base": ["data=fashion_mnist", "model=small_cnn", f"data.train_subset={images}", f"data.val_subset={val}",
                  "data.test_subset=1000", "data.train_batch_size=128", "optimizer=sgd", f"run.seed={seed}",
                  "trainer.log_every_n_steps=10"],
         "params": {"optimizer.lr": {"choice": [0.05]}},
@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--images", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--val", type=int, default=2000, help="validation images (data.val_subset)")
     p.add_argument("--out", default=str(ROOT / "bench" / "data" / "multiworker.json"))
     args = p.parse_args()
     rows: dict[str, list[dict]] = {k: [] for k in SETUPS}
@@ -91,10 +92,11 @@ def main() -> None:
             order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
             for name in order:
                 tag = f"r{r}_{SETUPS[name]['workers']}w"
-                row = run_one(Path(tmp), tag, SETUPS[name], seed=r, images=args.images, epochs=args.epochs)
+                row = run_one(Path(tmp), tag, SETUPS[name], seed=r, images=args.images, epochs=args.epochs,
+                              val=args.val)
                 rows[name].append(row)
                 print(f"round {r} {name}: {json.dumps(row)}", flush=True)
-    result = {"setups": SETUPS, "images": args.images, "epochs": args.epochs, "rounds": args.rounds,
+    result = {"setups": SETUPS, "images": args.images, "epochs": args.epochs, "val": args.val, "rounds": args.rounds,
               "load_before": load_before, "load_after": os.getloadavg(), "runs": rows, "summary": summary(rows)}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))
