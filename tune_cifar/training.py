@@ -144,7 +144,8 @@ def build_trainer(cfg: Config, out_dir: Path | None, callbacks: Sequence[pl.Call
         limit_test_batches=t.limit_test_batches, precision=precision, deterministic=t.deterministic,
         gradient_clip_val=t.gradient_clip_val, enable_progress_bar=t.enable_progress_bar,
         enable_checkpointing=checkpointing and not t.fast_dev_run, logger=logger, callbacks=callbacks,
-        default_root_dir=str(out_dir) if out_dir else None, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out_dir) if out_dir else None,
+        plugins=[AtomicCheckpointIO(), *overrides.pop("plugins", [])],  # e.g. a data-parallel trial's environment
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
