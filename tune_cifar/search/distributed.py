@@ -39,8 +39,7 @@ from ray import tune
 
 from ..config import Config
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
-from ..training import KeepConfiguredHyperparameters, LogLearningRate, WorkerMemory, fit, quiet, release_memory
-from .pbt import LR_METRIC
+from ..training import KeepConfiguredHyperparameters, WorkerMemory, fit, quiet, release_memory
 from .names import CHECKPOINT_FILE, STOP_REASON, WORLD_SIZE, checkpoint_file
 from .space import SearchSpace
 from .trainable import reported_metrics
