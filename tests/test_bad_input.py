@@ -531,3 +531,74 @@ def test_predict_images_whose_names_are_not_utf8(trained, tmp_path):
     written = [os.fsencode(row.split(",")[0]) for row in rows[1:]]
     assert sorted(written) == sorted(bytes(folder) + b"/" + n for n in names)  # the exact bytes
     assert all(Path(os.fsdecode(w)).is_file() for w in written)
+
+
+# --------------------------------------------------------------------------- issue 17's weak list
+
+
+@pytest.mark.parametrize("case", variants(
+    ("train", "optimizer.lrr=0.1", "unknown key optimizer.lrr (did you mean optimizer.lr?)"),
+    ("train", "+trainer.max_epoch=3", "unknown key trainer.max_epoch (did you mean trainer.max_epochs?)"),
+    ("search", "search.num_sample=3", "unknown key search.num_sample (did you mean search.num_samples?)"),
+    ("search", "search.scheduler.grace_perod=2",
+     "unknown key search.scheduler.grace_perod (did you mean search.scheduler.grace_period?)"),
+), ids=["train", "train +", "search", "search nested"])
+def test_a_typo_in_a_key_says_which_was_meant(cifar10_root, tmp_path, case):
+    prog, override, needle = case
+    out = tmp_path / "outputs"
+    if prog == "train":
+        proc = cli("train", *train_args(cifar10_root, out, override))
+    else:
+        proc = cli("search", write_space(tmp_path, cifar10_root, {"num_samples": 1}), override, "--debug")
+    refused(proc, prog, needle, "allowed: ")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("prog", variants("train", "predict"))
+def test_a_key_that_is_not_ascii(cifar10_root, tmp_path, prog, request):
+    out = tmp_path / "outputs"
+    if prog == "train":
+        proc = cli("train", *train_args(cifar10_root, out, "optimizer.lé=0.1"))
+        needle = "config override 'optimizer.lé=0.1': the key 'optimizer.lé' is not ASCII"
+    else:
+        trained = request.getfixturevalue("trained")
+        proc = cli("predict", "--checkpoint", trained["best"], "--out", out, "data.tést=1")
+        needle = "the key 'data.tést' is not ASCII"
+    refused(proc, prog, needle, "allowed: config keys")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", variants(
+    ({"perturbation_interval": 3}, {}, "search.scheduler.perturbation_interval=3 is not allowed; allowed: fewer "
+                                       "epochs than scheduler.max_epochs (3): else PBT never perturbs"),
+    ({"burn_in_period": 5}, {}, "search.scheduler.burn_in_period=5 is not allowed"),
+    ({}, {"num_samples": 1}, "search.num_samples=1 is not allowed; allowed: an integer >= 2 under pbt"),
+), ids=["interval", "burn-in", "one trial"])
+def test_pbt_that_can_never_perturb(cifar10_root, tmp_path, case):
+    scheduler, search, needle = case
+    space = write_space(tmp_path, cifar10_root, {"num_samples": 4, **search, "scheduler": {
+        "name": "pbt", "max_epochs": 3, "perturbation_interval": 1, **scheduler}})
+    refused(cli("search", space), "search", str(space), needle)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_space_file_here_wins_over_the_bundled_one_of_that_name(tmp_path):
+    """README: "a file of that name in the current folder wins", also named without .yaml."""
+    (tmp_path / "cpu_small.yaml").write_text("mine: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.search", "cpu_small", "--debug"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    refused(proc, "search", "cpu_small.yaml: unknown section 'mine'")
+    assert listing(tmp_path) == ["cpu_small.yaml"]
+
+
+def test_threshold_out_of_range_says_what_is_allowed():
+    from tune_cifar.config import Config
+    from tune_cifar.errors import UserError
+    from tune_cifar.predict.inference import effective_threshold
+    from tune_cifar.predict.options import Options
+
+    for t in (1.0, 0.0, float("nan")):
+        with pytest.raises(UserError, match=r"^--threshold (1|0|nan) is not allowed; allowed: a probability strictly "
+                                            r"between 0 and 1 \(0 < T < 1"):
+            effective_threshold(Options(threshold=t), Config(), "binary")
+    assert effective_threshold(Options(threshold=0.9), Config(), "binary") == 0.9

@@ -48,7 +48,7 @@ def test_overrides_and_group_switches():
     (["task.task=regression"], "classification_multiclass"),
     (["model=unknown_model"], "model=unknown_model: no "),
     (["model=unknown_model"], "model/unknown_model.yaml; allowed: resnet18, small_cnn, tv_resnet18"),
-    (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; allowed: lr, metrics, momentum,"),  # no + needed
+    (["optimizer.lrr=0.1"], "unknown key optimizer.lrr (did you mean optimizer.lr?); allowed: lr, metrics, momentum,"),
     (["bogus=1"], "unknown key bogus; allowed: data, model, optimizer, run, task, trainer"),
     (["trainer.accelerator=tpu"], "trainer.accelerator"),
     (["+data.bogus=1"], "data.bogus"),

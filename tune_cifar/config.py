@@ -10,6 +10,7 @@ checked: those registries import the sections, never this module.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -85,7 +86,9 @@ def build_section(cls, data: dict, prefix: str):
     if unknown:
         bad = sorted(unknown)[0]
         key = f"{prefix}.{bad}" if prefix else bad
-        raise UserError(f"config: unknown key {key}; allowed: {allowed(names)}")
+        close = difflib.get_close_matches(bad, names, n=1)  # a typo: say which key was meant
+        hint = f" (did you mean {key.removesuffix(bad)}{close[0]}?)" if close else ""
+        raise UserError(f"config: unknown key {key}{hint}; allowed: {allowed(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
@@ -209,6 +212,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise UserError(f"config: {config_dir / (config_name + '.yaml')} not found")
     overrides = list(overrides)
+    for item in overrides:
+        _check_ascii_key(item)
     try:
         while True:
             GlobalHydra.instance().clear()
@@ -235,6 +240,14 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path 
         raise UserError(f"config override: {_one_line(err)}") from None
     except YAMLError as err:  # a group file of ours or of a --config-dir folder (the mark names the file)
         raise UserError(f"config: {yaml_error(err)}") from None
+
+
+def _check_ascii_key(item: str) -> None:
+    """Hydra's override grammar takes ASCII keys only; its lexer error would not say so."""
+    key = item.partition("=")[0]
+    if not key.isascii():
+        raise UserError(f"config override {item!r}: the key {key.lstrip('+~')!r} is not ASCII; allowed: "
+                        f"config keys (letters a-z, digits, _ and . between sections), e.g. optimizer.lr=0.1")
 
 
 def _one_line(err: Exception) -> str:
@@ -266,6 +279,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
 
+    _check_ascii_key(item)
     key = item.partition("=")[0].strip()
     if "=" not in item or not key or key[0] in "+~" or " " in key:
         raise UserError(f"override {item!r} must look like key=value, e.g. data.test_subset=null")

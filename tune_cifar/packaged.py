@@ -26,12 +26,15 @@ def bundled_spaces() -> list[str]:
 
 def find_space(arg: str | Path) -> Path:
     """A search-space file given by path, or by the name of a bundled one (``cpu_small`` or
-    ``cpu_small.yaml``) when no such file exists here. A path with a folder in it is left to the
+    ``cpu_small.yaml``) when no such file (``cpu_small``, ``cpu_small.yaml``, ``.yml``) exists here. A path with a folder in it is left to the
     loader as it is (its 'not found' names it)."""
     path = Path(arg)
     if path.exists() or len(path.parts) != 1:
         return path
     stem = path.name.removesuffix(path.suffix) if path.suffix in SPACE_SUFFIXES else path.name
+    for suffix in SPACE_SUFFIXES:  # a file of that name here wins over a bundled one (cpu_small: ./cpu_small.yaml)
+        if Path(stem + suffix).is_file():
+            return Path(stem + suffix)
     for suffix in SPACE_SUFFIXES:
         if (SPACES_DIR / (stem + suffix)).is_file():
             return SPACES_DIR / (stem + suffix)

@@ -45,5 +45,6 @@ def effective_threshold(options: Options, cfg: Config, kind: str) -> float | Non
         return None
     threshold = cfg.task.threshold if options.threshold is None else options.threshold
     if not 0.0 < threshold < 1.0:
-        raise UserError(f"--threshold {threshold} must be between 0 and 1")
+        raise UserError(f"--threshold {threshold:g} is not allowed; allowed: a probability strictly between 0 and 1 "
+                        f"(0 < T < 1; a class is predicted when its probability is above T)")
     return threshold

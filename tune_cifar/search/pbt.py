@@ -211,6 +211,14 @@ def check_settings(where: str, s) -> None:
          "null under pbt (resources.cpu / resources.gpu decide how many trials train at once)"),
         ("searcher.name", s.searcher.name == "random",
          "random under pbt (Ray's PBT takes no Optuna searcher: the initial population is drawn at random)"),
+        # a PBT that can never exploit is independent random trials that only look like PBT: say so up front
+        ("num_samples", s.num_samples >= 2, "an integer >= 2 under pbt (one trial has no better trial to copy; "
+                                            "use search.scheduler.name: fifo for one trial)"),
+        ("scheduler.perturbation_interval", sc.perturbation_interval < sc.max_epochs,
+         f"fewer epochs than scheduler.max_epochs ({sc.max_epochs}): else PBT never perturbs (fifo runs "
+         f"independent trials)"),
+        ("scheduler.burn_in_period", sc.burn_in_period < sc.max_epochs,
+         f"fewer epochs than scheduler.max_epochs ({sc.max_epochs}): else PBT never perturbs"),
     ]
     for key, ok, what in checks:
         if not ok:
