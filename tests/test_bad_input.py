@@ -602,3 +602,18 @@ def test_threshold_out_of_range_says_what_is_allowed():
                                             r"between 0 and 1 \(0 < T < 1"):
             effective_threshold(Options(threshold=t), Config(), "binary")
     assert effective_threshold(Options(threshold=0.9), Config(), "binary") == 0.9
+
+
+def test_a_class_folder_without_images_is_warned_about(tmp_path):
+    from cifar_files import write_image_folder
+
+    root = write_image_folder(tmp_path / "ds", classes=("cat", "dog"), n_per_class=4, size=16)
+    (root / "train" / "bird").mkdir()
+    (root / "train" / "bird" / "notes.txt").write_text("to do\n")
+    base = [o for o in tiny_overrides(root, tmp_path / "outputs") if not o.startswith(("data=", "data.dataset_path"))]
+    proc = cli("train", "data=folder", f"data.dataset_path={root}", "data.num_classes=3", *base,
+               "trainer.fast_dev_run=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert warned == [f"tune_cifar: warning: class folder {root / 'train' / 'bird'} has no .png/.jpg/.jpeg images: "
+                      f"class 'bird' is an output of the model but is never trained on"], proc.stderr[-3000:]

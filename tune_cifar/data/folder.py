@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -106,6 +107,11 @@ def _class_items(path: Path) -> tuple[list[tuple[Path, int]], list[str]]:
         for f in sorted((root / name).iterdir())
         if _is_image(f)
     ]
+    trained = {idx for f, idx in items if f.is_relative_to(roots[0])}
+    for idx, name in enumerate(classes):
+        if idx not in trained:  # kept (the class count and the labels stay as the folders say), but said
+            print(f"tune_cifar: warning: class folder {roots[0] / name} has no {'/'.join(IMAGE_SUFFIXES)} images: "
+                  f"class {name!r} is an output of the model but is never trained on", file=sys.stderr, flush=True)
     return items, classes
 
 
