@@ -125,7 +125,7 @@ def test_search_output_dir_under_a_file(cifar10_root, tmp_path, a_file, debug):
 
 def test_predict_out_that_is_a_file(trained, a_file):
     proc = cli("predict", "--checkpoint", trained["best"], "--out", a_file)
-    refused(proc, "predict", str(a_file), "--out DIR")
+    refused(proc, "predict", f"--out={a_file} is the file {a_file}", "allowed: a folder")
     assert a_file.read_text() == "mine\n"
 
 
@@ -617,3 +617,41 @@ def test_a_class_folder_without_images_is_warned_about(tmp_path):
     warned = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert warned == [f"tune_cifar: warning: class folder {root / 'train' / 'bird'} has no .png/.jpg/.jpeg images: "
                       f"class 'bird' is an output of the model but is never trained on"], proc.stderr[-3000:]
+
+
+def test_onnx_export_falls_back_quietly(monkeypatch, tmp_path, capfd):
+    """When the TorchScript-based ONNX exporter fails, the torch.export-based one runs without its ~10
+    progress lines per export (predict --to onnx then prints its one 'wrote' line)."""
+    pytest.importorskip("onnxscript")
+    from torch import nn
+
+    from tune_cifar.predict import conversion
+
+    class Net(nn.Module):  # forward(x): the name the fallback's dynamic shapes use, as Classifier's
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    export = torch.onnx.export
+
+    def first_fails(*args, dynamo=True, **kwargs):
+        if not dynamo:
+            raise RuntimeError("the TorchScript-based exporter cannot trace this model")
+        return export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", first_fails)
+    conversion.export_onnx(Net().eval(), torch.rand(2, 3, 8, 8), tmp_path / "model.onnx")
+    out, err = capfd.readouterr()
+    assert (tmp_path / "model.onnx").stat().st_size > 0
+    assert out == "" and err == "", (out + err)[-3000:]
+
+
+@pytest.mark.skipif(not Path("/proc/1").is_dir() or os.access("/proc/1", os.W_OK),
+                    reason="needs a folder nobody can create files in, even root: Linux's /proc/<pid>")
+def test_predict_to_onnx_into_a_folder_nobody_can_write(trained):
+    """The folder is named (before: the exporter was blamed for what was the folder's fault)."""
+    proc = cli("predict", "--checkpoint", trained["best"], "--to", "onnx", "--out", "/proc/1/model")
+    refused(proc, "predict", "--out=/proc/1/model: /proc/1 is not writable", "allowed: a folder you can write to")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from io import BytesIO
+from io import BytesIO, StringIO
 import warnings
 from pathlib import Path
 
@@ -89,8 +90,11 @@ def export_onnx(net: nn.Module, example: torch.Tensor, file: Path) -> None:
     except Exception as err:  # noqa: BLE001 - removed or failing: try the torch.export-based one
         first = err
     try:
-        torch.onnx.export(net, (example,), str(file), dynamo=True,
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **names)
+        # verbose=False: its progress lines ("[torch.onnx] Obtain model graph ... ✅", ~10 per export) are noise
+        # here; a failure is the one line below; what worked is the one line convert prints
+        with contextlib.redirect_stdout(StringIO()):
+            torch.onnx.export(net, (example,), str(file), dynamo=True, verbose=False,
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **names)
     except Exception as err:  # noqa: BLE001
         why = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(f"ONNX export failed ({why}; TorchScript-based exporter: "

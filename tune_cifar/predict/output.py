@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, check_output_dir
 from .loading import Loaded
 from .options import Options
 
@@ -23,6 +23,7 @@ def make_out_dir(options: Options, loaded: Loaded) -> Path:
         while out.exists():
             n += 1
             out = parent / f"{stamp}_{n}"
+    check_output_dir(out, "--out")  # a folder that cannot be written is named, not an exporter's failure
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
