@@ -224,3 +224,42 @@ def test_resume_after_the_search_and_its_workers_were_killed(tmp_path, data_root
     assert list(table["status"]) == ["completed"] and list(table["world_size"]) == [2]
     assert list(_trial_rows(run).values()) == [[1, 2]]  # epoch 1 not trained again
     assert (exp / "best" / "export.json").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_resume_finishes_the_trial(tmp_path, data_root):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the 2-worker trial is in epoch 2:
+    the search ends with 130 and no process of its session is left (the trial's Ray Train workers included);
+    --resume continues the trial from its epoch-1 checkpoint."""
+    state = tmp_path / "faults"
+    faults = json.dumps([{"when": {}, "epoch": 2, "fault": "sleep", "seconds": 600, "rank": 0, "times": 1,
+                          "state_dir": str(state)}])
+    space = _space(tmp_path, data_root, {"num_samples": 1, "scheduler": {"name": "fifo", "max_epochs": 2}}, [STRONG])
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(space)], cwd=tmp_path,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=_env(TUNE_CIFAR_TEST_FAULTS=faults))
+    try:
+        deadline = time.monotonic() + 600
+        while not list(state.glob("*/.test_fault_*")):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trial never reached epoch 2"
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(180) == 130, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split():
+        assert time.monotonic() < deadline, "processes of the interrupted search are still running"
+        time.sleep(1)
+    assert "search interrupted" in log.read_text()
+
+    done = _search(space, tmp_path, "--resume", env=_env(TUNE_CIFAR_TEST_FAULTS=faults))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = [d for d in (tmp_path / "outputs" / "tiny").iterdir() if d.name != "best"]
+    assert list(pd.read_csv(run / "results.csv")["status"]) == ["completed"]
+    assert list(_trial_rows(run).values()) == [[1, 2]]
