@@ -78,6 +78,18 @@ def test_workers_train_on_the_batches_of_one_process_and_validate_every_row_once
         assert rows == list(range(n))  # every validation row once
 
 
+@pytest.mark.slow
+def test_lightning_ddp_of_two_processes_keeps_them_in_step(tmp_path):
+    """bench/ddp_smoke.py on CPUs (scripts/gpu_check.sh runs it on a GPU): two DDP processes without Ray end
+    with the same weights and the same synced validation metrics, and the loss falls."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "bench" / "ddp_smoke.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, env=_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = json.loads(done.stdout.strip().splitlines()[-1])["checks"]
+    assert all(checks.values()), checks
+
+
 # --------------------------------------------------------------------------- refused before any trial
 
 
