@@ -86,7 +86,7 @@ def refused(work: Path, space: Path, damaged: Path | None = None) -> str:
 
 
 @pytest.mark.parametrize("pattern", ["searcher-state-*.pkl", "experiment_state-*.json", "tuner.pkl",
-                                     "trial_*/checkpoint_*/model.ckpt"])
+                                     "trial_*/checkpoint_*/model.ckpt", "optuna.db"])
 def test_a_truncated_state_file_is_named_and_nothing_changes(finished, pattern):
     work, space = finished
     target = sorted(run_dir(work).glob(pattern))[-1]
@@ -97,6 +97,35 @@ def test_a_truncated_state_file_is_named_and_nothing_changes(finished, pattern):
         assert "unreadable" in line
     finally:
         target.write_bytes(saved)
+
+
+def test_a_garbled_or_missing_study_is_refused_and_nothing_changes(finished):
+    """The run's Optuna study (optuna.db) is read like the other state files (issue 17, item 2): garbled,
+    one line naming it; deleted, refused (before: silently recreated empty, TPE starting over)."""
+    work, space = finished
+    db = run_dir(work) / "optuna.db"
+    saved = db.read_bytes()
+    try:
+        db.write_bytes(b"not a database" * 100)
+        assert "unreadable" in refused(work, space, db)
+        db.unlink()
+        assert "is missing" in refused(work, space, db)
+        assert not db.exists(), "a refused --resume made a new study"
+    finally:
+        db.write_bytes(saved)
+
+
+def test_a_study_that_cannot_be_written_is_refused(finished):
+    """Root passes file permissions: the study is made immutable (chattr +i) to be unwritable."""
+    work, space = finished
+    db = run_dir(work) / "optuna.db"
+    made = subprocess.run(["chattr", "+i", str(db)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a file immutable here (chattr +i: {made.stderr.strip()[:120]})")
+    try:
+        assert "is not writable" in refused(work, space, db)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
 
 
 def test_a_crafted_pickle_in_a_folder_others_can_write_is_refused_unrun(finished):

@@ -23,7 +23,7 @@ import yaml
 from ..atomic import NoSpaceLogFilter, disk_full_names, write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
-from . import cluster, interrupt, storage, trust
+from . import claim, cluster, interrupt, storage, trust
 from .results import finish, interrupted, trial_statuses
 from .space import SearchSpace, check_measurable, load_space
 
@@ -79,6 +79,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     if plan.resume:
         storage.check_resume(plan)
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
+        if parts.uses_study and not s.optuna_storage:  # the run's own study (PBT has none)
+            trust.check_study_file(paths.local / study.STUDY_FILE, study.study_name(s))
     elif parts.uses_study and s.optuna_storage:  # the default study is new: it lives in the new run folder
         study.check_study(study.optuna_storage(s), space)  # direction and parameters, before anything is written
     run_dir = paths.local
@@ -210,8 +212,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             return debug(space, args.params)
     # a full disk (a trial's checkpoint, Tune's state, the study, results.csv): one line naming the storage,
     # exit 2; nothing is exported, so an earlier export and <storage_path>/best stay as they were
-    with interrupt.terminate_as_interrupt(), disk_full_names(s.storage_path):  # SIGTERM like Ctrl-C
-        out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
+    try:
+        with interrupt.terminate_as_interrupt(), disk_full_names(s.storage_path):  # SIGTERM like Ctrl-C
+            out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
+    finally:  # the experiment's lock (claim.py), also of a search refused at once
+        claim.release_all()
     if out.get("interrupted"):
         sys.exit(130)
     return out

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import yaml
 
 from ..errors import UserError
+from . import claim
 
 if TYPE_CHECKING:
     from .space import SearchSpace
@@ -158,6 +159,14 @@ def plan_run(space, overrides: Sequence[str] = (), resume: bool = False, new_nam
     if resume and new_name:
         raise UserError("--resume continues an existing experiment, --new-name starts a new one: give only one")
     root, local = _storage_root(s), local_root(s)
+    if not claim.claim(local, s.experiment):  # another search of this experiment is running (claim.py)
+        if not new_name:
+            who = claim.holder(local, s.experiment)
+            raise UserError(f"experiment '{s.experiment}' in {local} is in use by another search"
+                            f"{f' ({who})' if who else ''}; wait for it to end, add --new-name to run this search "
+                            f"as '{free_name(space)}', or choose another name with search.experiment=NAME")
+        space, overrides = _renamed(space, overrides)
+        s = space.search
     exp = _join(root, s.experiment)
     runs = _search_runs(exp)
     if resume:
@@ -174,24 +183,36 @@ def plan_run(space, overrides: Sequence[str] = (), resume: bool = False, new_nam
                         f"it, --new-name to run this search as '{free_name(space)}', or choose another name "
                         f"with search.experiment=NAME")
     if taken:
-        old = s.experiment
-        space = space.renamed(free_name(space))
+        space, overrides = _renamed(space, overrides)
         s = space.search
-        overrides = (*overrides, f"search.experiment={s.experiment}")  # search.yaml's command (for --resume)
-        print(f"experiment '{old}' exists: this search is '{s.experiment}'", flush=True)
         exp = _join(root, s.experiment)
     name = _stamp(set(_children(exp)) | set(_children(str(local / s.experiment))))
     return RunPlan(space, RunPaths(s.experiment, name, exp, local / s.experiment / name), overrides)
+
+
+def _renamed(space, overrides: tuple[str, ...]):
+    """--new-name: the space and command line as ``<experiment>_N``, the first free name this search could
+    claim (a name another running search holds is not free, even before it has a folder)."""
+    old, n = space.search.experiment, 2
+    while True:
+        renamed = space.renamed(free_name(space, n))
+        n = int(renamed.search.experiment.rsplit("_", 1)[1]) + 1
+        if claim.claim(local_root(renamed.search), renamed.search.experiment):
+            claim.release(local_root(space.search), old)  # held when the old name exists but is not in use
+            break
+    print(f"experiment '{old}' exists or is in use: this search is '{renamed.search.experiment}'", flush=True)
+    # search.yaml's command (for --resume) names the new experiment
+    return renamed, (*overrides, f"search.experiment={renamed.search.experiment}")
 
 
 def _storage_root(s) -> str:
     return s.storage_path.rstrip("/") if is_uri(s.storage_path) else str(Path(s.storage_path).resolve())
 
 
-def free_name(space) -> str:
+def free_name(space, n: int = 2) -> str:
+    """The first ``<experiment>_N`` (N >= n) with no folder yet."""
     s = space.search
     root, local = _storage_root(s), local_root(s)
-    n = 2
     while _exists(_join(root, f"{s.experiment}_{n}")) or (local / f"{s.experiment}_{n}").exists():
         n += 1
     return f"{s.experiment}_{n}"

@@ -12,6 +12,7 @@ checkpoints (zip archives) have their CRCs checked, JSON is parsed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickletools
@@ -174,6 +175,47 @@ def check_readable(run_dir: str) -> None:
             continue
         if not _zip_ok(data := read(rel)):
             raise damaged(rel, data, "a PyTorch checkpoint (a zip archive)")
+
+
+def check_study_file(db: Path, study: str) -> None:
+    """The run's own Optuna study (``<run folder>/optuna.db``), read like the other state files before
+    ``--resume``: present, a whole SQLite database holding study ``study``, and writable (the searcher
+    records every trial there). Missing is refused, not rebuilt: the study holds every finished trial's
+    values and intermediate values, which the searcher continues from and results.csv does not hold
+    (Optuna would otherwise create an empty study and TPE would start over without a word)."""
+    import sqlite3
+
+    again = "nothing was changed (restore it from a backup, or start the search again with --new-name)"
+    if not db.is_file():
+        raise UserError(f"--resume: {db} is missing: the run's Optuna study (every trial's values, which the "
+                        f"searcher continues from) is gone, so the run cannot be resumed as it was; {again}")
+    size = db.stat().st_size
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+            check = con.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            found = ("studies" in tables and
+                     con.execute("SELECT 1 FROM studies WHERE study_name = ?", (study,)).fetchone() is not None)
+        why = None if check and check[0] == "ok" else f"integrity check: {check[0] if check else 'no answer'}"
+        why = why or (None if found else f"no study named {study!r} in it")
+    except sqlite3.DatabaseError as err:
+        why = str(err)
+    if why:
+        raise UserError(f"--resume: {db} is unreadable ({size} bytes, not the run's Optuna study: {why}): the "
+                        f"run's saved state is damaged, so it cannot be resumed; {again}")
+    try:  # root passes os.access, and SQLite opens a file it cannot write read-only without a word: a write
+        # (rolled back, so the file is unchanged) is what tells
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=10,
+                                                isolation_level=None)) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute("CREATE TABLE tune_cifar_write_check (x)")
+            finally:
+                con.execute("ROLLBACK")
+    except sqlite3.OperationalError as err:
+        raise UserError(f"--resume: {db} is not writable ({err}): the search records every trial in the run's "
+                        f"Optuna study; nothing was changed (make it and its folder writable, or resume a copy "
+                        f"you own)") from None
 
 
 def check_run(run_dir: str, storage_path: str) -> None:
