@@ -37,6 +37,7 @@ import ray
 import torch
 from ray import tune
 
+from ..atomic import write_bytes
 from ..config import Config
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from ..training import KeepConfiguredHyperparameters, WorkerMemory, fit, quiet, release_memory
@@ -108,7 +109,7 @@ def _worker(loop: dict) -> None:
     start = None
     if loop["checkpoint"]:  # every worker resumes from the same checkpoint, written to its own disk
         start = Path(tempfile.mkdtemp(prefix="tune_cifar_start_"), CHECKPOINT_FILE)
-        start.write_bytes(ray.get(loop["checkpoint"][0]))
+        write_bytes(start, ray.get(loop["checkpoint"][0]))  # whole or not at all (tune_cifar.atomic)
     try:
         with resource_errors():
             fit(cfg, arrays, None, callbacks, ckpt_path=start, strategy=RayDDPStrategy(),
@@ -186,7 +187,7 @@ def _drive(cfg: Config, space: SearchSpace, values: dict, arrays: list, schedule
                 continue
             folder = Path(tempfile.mkdtemp(prefix="tune_cifar_report_"))
             try:
-                checkpoint_file(folder).write_bytes(ray.get(data[0]))
+                write_bytes(checkpoint_file(folder), ray.get(data[0]))  # never a cut-short checkpoint to Ray
                 try:
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
                 except SystemExit:  # Tune stops this trial (ASHA, PBT, the end of the search)
