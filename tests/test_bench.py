@@ -87,3 +87,14 @@ def test_search_seeds_replay_on_synthetic_curves(tmp_path, capsys):
     assert set(result["summary"]) == {"fifo_random", "asha_random", "asha_tpe_before", "asha_tpe"}
     assert result["summary"]["fifo_random"]["trial_epochs"]["median"] == 6 * 4
     assert "| asha_tpe |" in capsys.readouterr().out
+
+
+def test_latency_bench_rounds():
+    out = subprocess.run([sys.executable, "bench/latency.py", "--rounds", "2", "--runs", "20", "--warmup", "1",
+                          "--models", "tiny_cnn"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = re.search(r"^\| tiny_cnn \| 510 \| 0\.37 \| ([\d.]+) \(([\d.]+)\), ([\d.]+) \(([\d.]+)\) \| "
+                    r"\*\*([\d.]+)\*\* \(([\d.]+)-([\d.]+)\) \| (yes|no) ", out.stdout, re.M)
+    assert row, out.stdout
+    a, _, b, _, median, low, high = map(float, row.groups()[:7])
+    assert low == min(a, b) and high == max(a, b) and low <= median <= high
