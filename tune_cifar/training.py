@@ -18,6 +18,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from .atomic import torch_save
 from .checkpoint import read_checkpoint
+from .cost import REPORTED
 from .config import Config, TrainerConfig
 from .data import ImageArrays, ImageDataModule
 from .errors import UserError
@@ -251,6 +252,28 @@ class WorkerMemory(pl.Callback):
         if self.cuda:
             values[self.PEAK] = torch.cuda.max_memory_allocated() / 2 ** 20
         pl_module.log_dict(values)
+
+
+class ModelCost(pl.Callback):
+    """Measures the model's cost once, when the fit starts (tune_cifar.cost: parameters, FLOPs per image,
+    batch-1 latency on the fit's device and precision), and logs it with every validation epoch, so that a
+    trial a scheduler stops early has it too. Its ``reported`` names join a search trial's reports."""
+
+    reported = REPORTED
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from .cost import measure
+
+        self.values = measure(pl_module.classifier, pl_module.device, str(trainer.precision)).metrics()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.values:
+            return
+        # float64: FLOPs above 2**24 are not whole numbers in Lightning's default float32
+        pl_module.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in self.values.items()})
 
 
 def val_metrics(trainer: pl.Trainer) -> dict:

@@ -31,7 +31,8 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     import torch
 
     from ..data import load_data
-    from ..training import StopWhenAsked, fit, val_metrics
+    from ..training import ModelCost, StopWhenAsked, fit, val_metrics
+    from .settings import names_cost
 
     try:
         given = json.loads(params) if params else {}
@@ -56,7 +57,8 @@ def debug(space: SearchSpace, params: str | None) -> dict:
     write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with stop_when_asked() as received:
         try:
-            trainer = fit(cfg, arrays, out_dir, [*extra, StopWhenAsked(received)],
+            costs = [ModelCost()] if names_cost(space.search) else []  # model/* objectives: measured as in a trial
+            trainer = fit(cfg, arrays, out_dir, [*extra, *costs, StopWhenAsked(received)],
                           checkpointing=True, loggers=True)
         except (KeyboardInterrupt, SystemExit):  # a second signal: Lightning turns it into its own exit(1)
             if not received:
@@ -65,7 +67,7 @@ def debug(space: SearchSpace, params: str | None) -> dict:
         print(f"tune_cifar.search: interrupted; the debug trial's outputs so far: {out_dir}", file=sys.stderr,
               flush=True)
         sys.exit(130)
-    metrics = val_metrics(trainer)
+    metrics = {**val_metrics(trainer), **(costs[0].values if costs else {})}
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     print(f"outputs: {out_dir}")
     return {"values": values, "val": metrics, "output_dir": str(out_dir)}

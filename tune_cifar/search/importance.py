@@ -60,8 +60,29 @@ def run_trials(storage, name: str, run: str | None):
     return [t for t in study.get_trials(deepcopy=False) if run is None or t.user_attrs.get(RUN) == run]
 
 
-def param_importances(trials, mode: str, run_dir: Path | None = None) -> tuple[dict | None, str]:
-    """(importances or None, one printable paragraph); with ``run_dir``, also the plot there."""
+def objective_trials(trials, k: int):
+    """A multi-objective study's trials seen as one objective's, ``k``: completed ones with their k-th value,
+    stopped ones with the k-th value of each epoch they reported (study.EPOCH_VALUES) as intermediate values,
+    so that they are ranked as with one objective."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from .names import epoch_values
+
+    out = []
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.values:
+            out.append(optuna.trial.create_trial(state=t.state, value=t.values[k], params=t.params,
+                                                 distributions=t.distributions))
+        elif t.state == TrialState.PRUNED:
+            steps = {e: v[k] for e, v in epoch_values(t).items()}
+            out.append(optuna.trial.create_trial(state=t.state, params=t.params, distributions=t.distributions,
+                                                 intermediate_values=steps))
+    return out
+
+
+def param_importances(trials, mode: str, run_dir: Path | None = None, plot: str = PLOT) -> tuple[dict | None, str]:
+    """(importances or None, one printable paragraph); with ``run_dir``, also the plot there (file ``plot``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,10 +96,10 @@ def param_importances(trials, mode: str, run_dir: Path | None = None) -> tuple[d
         warnings.simplefilter("ignore")
         importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
         if run_dir is not None:
-            _plot(study, evaluator, n, Path(run_dir) / PLOT)
+            _plot(study, evaluator, n, Path(run_dir) / plot)
     ranking = ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
     return importances, (f"parameter importance ({METHOD} over {n} trials ranked as TPE ranks them; "
-                         f"{Path(run_dir) / PLOT if run_dir is not None else 'no plot'}): {ranking}")
+                         f"{Path(run_dir) / plot if run_dir is not None else 'no plot'}): {ranking}")
 
 
 def _plot(study, evaluator, n: int, path: Path) -> Path:

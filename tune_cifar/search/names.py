@@ -13,8 +13,18 @@ WORLD_SIZE = "world_size"  # reported by a multi-worker trial (distributed.py): 
 # User attributes of each Optuna trial: the results.csv trial_id, the run folder's name, its best epoch,
 # and how the trial ended (see study.py)
 RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
+EPOCH_VALUES = "epoch_values"  # several objectives: {epoch: [value per objective]} (Optuna keeps no intermediate values)
 
 
 def checkpoint_file(directory: str | Path) -> Path:
     """The Lightning checkpoint inside a Ray checkpoint directory of a trial."""
     return Path(directory) / CHECKPOINT_FILE
+
+
+def epoch_values(frozen) -> dict[int, list[float]]:
+    """{epoch: [value per objective]} of an Optuna trial: its intermediate values (one objective) or its
+    ``epoch_values`` attribute (several)."""
+    stored = frozen.user_attrs.get(EPOCH_VALUES)
+    if stored:
+        return {int(e): list(v) for e, v in stored.items()}
+    return {e: [v] for e, v in frozen.intermediate_values.items()}

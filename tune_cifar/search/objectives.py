@@ -145,6 +145,11 @@ class PickRule:
                                 f"{', '.join(known)}")
         return cls(Objective(m["metric"], m["mode"]), tuple(conditions), " ".join(text.split()))
 
+    @property
+    def names(self) -> set[str]:
+        """The metrics it reads."""
+        return {self.objective.name, *(c.metric for c in self.conditions)}
+
     def satisfied(self, row: Mapping) -> bool:
         return _finite(row.get(self.objective.name)) and all(c.holds(row) for c in self.conditions)
 

@@ -132,6 +132,17 @@ def tpe(s):
                                           multivariate=True, group=True, constant_liar=True)
 
 
+@register_searcher("nsga2")
+def nsga2(s):
+    """NSGA-II (Optuna's genetic multi-objective sampler; one objective works too). Its population is
+    ``searcher.n_startup_trials`` (at least 2): the first generation is drawn at random, each later one bred
+    from the best trials so far (non-dominated sorting, crowding distance). Trials ASHA stopped (PRUNED)
+    are left out of its populations."""
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=s.searcher.seed, population_size=max(2, s.searcher.n_startup_trials))
+
+
 @register_searcher("random")
 def random(s):
     import optuna

@@ -15,6 +15,7 @@ from ..metrics import in_stage
 from . import storage
 from .names import STOP_REASON, WORLD_SIZE, checkpoint_file
 from .registry import scheduler_parts
+from .settings import names_cost
 from .space import SearchSpace
 
 log = logging.getLogger("tune_cifar")
@@ -154,7 +155,10 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
     ``statuses``: Tune's status by trial id (``trial_statuses``), to tell unfinished trials."""
     import pandas as pd
 
+    from ..cost import REPORTED
+
     s, rows = space.search, []
+    measured = [*objective_names(s), *(m for m in REPORTED if m not in objective_names(s) and names_cost(s))]
     left = unfinished(statuses or {})  # ids of trials an interruption left running or pending
     columns_of = scheduler_parts(s).results_columns  # the scheduler's own columns (e.g. PBT's exploits)
     events = exploits(space, grid)
@@ -174,7 +178,8 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
         rows.append({
             "trial_id": trial_id,
             "status": status,
-            s.metric: float(values[best_i]) if best_i is not None else math.nan,
+            # every objective and model cost at the best epoch by the first objective (the exported checkpoint's)
+            **{m: (float(df.loc[best_i, m]) if best_i is not None and m in df else math.nan) for m in measured},
             "best_epoch": int(df.loc[best_i, "training_iteration"]) if best_i is not None else None,
             "epochs": epochs,
             "time_s": round(float(df["time_total_s"].max()), 1) if has and "time_total_s" in df else None,
@@ -189,12 +194,17 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
         })
     peak = [PEAK_GPU] if any(PEAK_GPU in r for r in rows) else []  # trials on a GPU
     own = list(columns_of(None, [])) if columns_of else []  # the names, also for an empty table
-    columns = ["trial_id", "status", s.metric, "best_epoch", "epochs", "time_s", *own, *peak, WORLD_SIZE,
+    columns = ["trial_id", "status", *measured, "best_epoch", "epochs", "time_s", *own, *peak, WORLD_SIZE,
                *(p.key for p in space.params), "error"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
         table = table.sort_values(s.metric, ascending=s.mode == "min", na_position="last", kind="stable")
     return table
+
+
+def objective_names(s) -> list[str]:
+    """The objectives' metrics, the first one first (``s.metric`` for settings made before objectives)."""
+    return [o.name for o in s.objectives] or [s.metric]
 
 
 def export_choice(space: SearchSpace, grid, table):
@@ -203,18 +213,46 @@ def export_choice(space: SearchSpace, grid, table):
     s = space.search
     results = {trial_id_of(r): r for r in grid}
     for row in table[table["status"].isin(EXPORTED) & table[s.metric].notna()].to_dict("records"):
-        result = results[row["trial_id"]]
-        kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("training_iteration") == row["best_epoch"]]
-        name = _best_checkpoint_name(result, s)  # under PBT an epoch number can recur in a trial (after an exploit)
-        kept = ([(c, m) for c, m in kept if Path(c.path).name == name] or kept) if name else kept
-        if kept:
-            return result, *kept[-1]
-        try:  # that epoch's checkpoint is gone (e.g. checkpoints_to_keep): the trial's best one kept
-            checkpoint = result.get_best_checkpoint(s.metric, s.mode)
-        except RuntimeError:  # none with the metric
-            continue
-        return result, checkpoint, next(m for c, m in result.best_checkpoints if c.path == checkpoint.path)
+        chosen = row_checkpoint(space, results[row["trial_id"]], row)
+        if chosen is not None:
+            return chosen
     return None
+
+
+def row_checkpoint(space: SearchSpace, result, row: dict):
+    """(result, checkpoint, its reported metrics) of a results.csv row: its best epoch's checkpoint, or the
+    trial's best one kept; None if it has none."""
+    s = space.search
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("training_iteration") == row["best_epoch"]]
+    name = _best_checkpoint_name(result, s)  # under PBT an epoch number can recur in a trial (after an exploit)
+    kept = ([(c, m) for c, m in kept if Path(c.path).name == name] or kept) if name else kept
+    if kept:
+        return result, *kept[-1]
+    try:  # that epoch's checkpoint is gone (e.g. checkpoints_to_keep): the trial's best one kept
+        checkpoint = result.get_best_checkpoint(s.metric, s.mode)
+    except RuntimeError:  # none with the metric
+        return None
+    return result, checkpoint, next(m for c, m in result.best_checkpoints if c.path == checkpoint.path)
+
+
+def trial_model(space: SearchSpace, chosen, arrays):
+    """(Classifier, Config, sampled values, metrics) of a chosen checkpoint (``row_checkpoint``); the metrics
+    are the trial's at that epoch (validation, model costs) and the test metrics of the model."""
+    from ..classifier import Classifier
+    from ..cost import REPORTED
+    from ..evaluation import evaluate
+
+    s = space.search
+    best, checkpoint, reported = chosen
+    # the config in effect at that checkpoint (a PBT trial's config changes at each exploit), else the last one
+    values = space.values(reported["config"] if isinstance(reported.get("config"), dict) else best.config)
+    cfg = space.trial_config(values)
+    metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
+               **{k: float(v) for k, v in reported.items() if in_stage(k, "val") or k in REPORTED}}
+    with checkpoint.as_directory() as directory:
+        classifier = Classifier.from_checkpoint(checkpoint_file(directory))
+    metrics.update(evaluate(classifier, cfg, arrays).metrics)
+    return classifier, cfg, values, metrics
 
 
 def _best_checkpoint_name(result, s) -> str | None:
@@ -232,6 +270,14 @@ def _trial_epochs(table) -> int:
     return int(table["epochs_trained" if "epochs_trained" in table else "epochs"].sum()) if len(table) else 0
 
 
+def _several(s) -> str:
+    """What the summary's head says of several objectives."""
+    if len(s.objectives) < 2:
+        return ""
+    stop = f"; {s.scheduler.name} stops trials on the first alone" if s.scheduler.name == "asha" else ""
+    return f", the first of {len(s.objectives)} objectives ({', '.join(o.name for o in s.objectives[1:])} too{stop})"
+
+
 def summary_text(space: SearchSpace, table, top: int = 5) -> str:
     s = space.search
     counts = table["status"].value_counts().to_dict() if len(table) else {}
@@ -240,7 +286,7 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
             else "each trial in one process, ")
     head = (f"{len(table)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}), "
             f"{each}{_trial_epochs(table)} trial-epochs; top {min(top, len(table))} "
-            f"by {s.metric} ({s.mode}):")
+            f"by {s.metric} ({s.mode}){_several(s)}:")
     cols = [c for c in table.columns if c != "error" and (c != WORLD_SIZE or workers > 1)]
     return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
 
@@ -248,8 +294,6 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
 def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None = None,
            interrupted: bool = False) -> dict:
     """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
-    from ..classifier import Classifier
-    from ..evaluation import evaluate
     from ..export import write_export
     from ..faults import driver_fault
     from ..training import quiet
@@ -273,6 +317,10 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
         print(f"search interrupted after {len(table)} of {s.num_samples} trials; nothing exported; continue it "
               f"with: {storage.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
+    if len(s.objectives) > 1:  # the Pareto front exported, best/ by search.pick (front.py)
+        from .front import finish_front
+
+        return finish_front(plan, grid, arrays, table, out)
     chosen = export_choice(space, grid, table)
     if chosen is None:
         first = next((r.error for r in grid if r.error), None)
@@ -280,17 +328,10 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
         raise UserError(f"no completed or early-stopped trial reported {s.metric} with a checkpoint, nothing "
                         f"exported (see {run_dir}){reason}")
 
-    best, checkpoint, reported = chosen
-    # the config in effect at that checkpoint (a PBT trial's config changes at each exploit), else the last one
-    values = space.values(reported["config"] if isinstance(reported.get("config"), dict) else best.config)
-    cfg = space.trial_config(values)
-    metrics = {"trial_id": reported.get("trial_id"), "metric": s.metric, "epoch": reported.get("training_iteration"),
-               **{k: float(v) for k, v in reported.items() if in_stage(k, "val")}}
-    print(f"exporting trial {metrics['trial_id']} (epoch {metrics['epoch']}): test metrics", flush=True)
+    print(f"exporting trial {chosen[2].get('trial_id')} (epoch {chosen[2].get('training_iteration')}): test metrics",
+          flush=True)
     driver_fault("export")  # test-only: hold the driver here
-    with checkpoint.as_directory() as directory:
-        classifier = Classifier.from_checkpoint(checkpoint_file(directory))
-    metrics.update(evaluate(classifier, cfg, arrays).metrics)
+    classifier, cfg, values, metrics = trial_model(space, chosen, arrays)
     # a signal now waits: the new export replaces the old one whole, or (interrupted) not at all
     with interrupt.deferred() as received:
         dest = write_export(paths.export_dir, classifier, config=cfg.to_dict(), metrics=metrics,
@@ -324,7 +365,7 @@ def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str
     and plot parameter importance (tune_cifar.search.importance). Failures here only warn (a run from
     before the default study has none)."""
     from . import study
-    from .importance import PLOT, param_importances, run_trials
+    from .importance import PLOT, objective_trials, param_importances, run_trials
 
     s = space.search
     if not scheduler_parts(s).uses_study:  # e.g. PBT searches without Optuna (its trials change hyperparameters)
@@ -332,7 +373,17 @@ def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str
     try:
         store, name = study.study_storage(s, paths.local), study.study_name(s)
         study.end_run(store, name, paths.name, statuses, s.mode)
-        importances, text = param_importances(run_trials(store, name, paths.name), s.mode, paths.local)
+        trials = run_trials(store, name, paths.name)
+        if len(s.objectives) > 1:  # one ranking per objective (importance.objective_trials)
+            found = {}
+            for k, o in enumerate(s.objectives):
+                plot = PLOT if k == 0 else PLOT.replace(".png", f"_{k + 1}.png")
+                importances, text = param_importances(objective_trials(trials, k), o.mode, paths.local, plot)
+                print(f"{o.name}: {text}", flush=True)
+                found[o.name] = {"importances": importances,
+                                 **({"importance_plot": str(paths.local / plot)} if importances else {})}
+            return {"study": study.storage_url(s, paths.local), "importances": found}
+        importances, text = param_importances(trials, s.mode, paths.local)
     except Exception as err:  # the results matter more than the importance
         log.warning("no parameter importance: %s", (str(err).strip().splitlines() or [repr(err)])[0][:200])
         return {}

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from ..config import build_section, config_from_dict, default_mode
 from ..errors import FOLDER_NAME, UserError, allowed, is_folder_name
 from ..metrics import logged_keys
 from .keys import get_dotted
+from .objectives import PickRule, parse_objectives
 from .registry import SCHEDULERS, SEARCHERS
 
 
@@ -56,14 +57,20 @@ class Scheduler:
 class Searcher:
     name: str = "tpe"  # a registered searcher: tpe, random (Optuna samplers, registry.py)
     seed: int = 0
-    n_startup_trials: int = 5  # TPE: random trials before the model kicks in
+    n_startup_trials: int = 5  # TPE: random trials before the model kicks in; NSGA-II: its population size
     points_to_evaluate: list = field(default_factory=list)  # [{dotted.key: value, ...}, ...] run first
 
 
 @dataclass
 class SearchSettings:
-    metric: Optional[str] = None  # default: the base config's task.monitor (accuracy/val)
-    mode: Optional[str] = None  # max or min; default: task.monitor_mode for task.monitor, else min for a loss
+    # a metric, or a list of them (several objectives: the Pareto front); default: the base's task.monitor.
+    # Once parsed, metric and mode are the first objective's (ASHA stops on it, a trial's best epoch and the
+    # checkpoints kept are by it) and ``objectives`` holds them all (objectives.py).
+    metric: Any = None
+    mode: Any = None  # max or min (a list with several metrics); default: task.monitor_mode for task.monitor,
+    # else min for a loss or a model cost (model/*), max otherwise
+    pick: Optional[str] = None  # several objectives: which front member is best/ (objectives.PickRule)
+    objectives: list = field(default_factory=list)  # set from metric and mode, not a file key
     num_samples: int = 10
     time_budget_s: Optional[float] = None
     max_concurrent_trials: Optional[int] = None  # default: as many as the resources allow
@@ -87,16 +94,11 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
     parts = SCHEDULERS.get(s.scheduler.name)  # an unregistered name is refused below
     if parts and parts.default_searcher and "name" not in (data.get("searcher") or {}):
         s.searcher.name = parts.default_searcher  # e.g. PBT draws its population at random (no Optuna)
-    s.metric = s.metric or base["task"]["monitor"]
-    # the base's explicit monitor_mode goes with its own monitor only; otherwise a loss is minimised
-    s.mode = s.mode or (base["task"]["monitor_mode"] if s.metric == base["task"]["monitor"] else None) \
-        or default_mode(s.metric)
+    logged = set(logged_keys(config_from_dict(base).task, "val"))  # the base config was validated before
+    _objectives(where, data, s, base, logged)
     s.experiment = s.experiment or base["run"]["experiment"]
     s.storage_path = s.storage_path or base["run"]["output_dir"]
-    logged = set(logged_keys(config_from_dict(base).task, "val"))  # the base config was validated before
     checks = [
-        ("metric", s.metric in logged, allowed(logged)),
-        ("mode", s.mode in ("max", "min"), "max, min"),
         ("num_samples", s.num_samples >= 1, "an integer >= 1"),
         ("time_budget_s", s.time_budget_s is None or s.time_budget_s > 0, "null or > 0"),
         ("max_concurrent_trials", s.max_concurrent_trials is None or s.max_concurrent_trials >= 1,
@@ -126,7 +128,53 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
     if parts.check_settings:  # the scheduler's own values (e.g. PBT's); registered: checked above
         parts.check_settings(where, s)
+    if len(s.objectives) > 1 and not parts.uses_study:
+        raise UserError(f"{where}: search.metric lists {len(s.objectives)} objectives, but search.scheduler.name="
+                        f"{s.scheduler.name} searches with its own algorithm, without the Optuna study that searches "
+                        f"several objectives; allowed with several objectives: "
+                        f"{allowed(n for n, p in SCHEDULERS.items() if p.uses_study)} (or one metric)")
     return s
+
+
+def _objectives(where: str, data: dict, s: SearchSettings, base: dict, logged: set) -> None:
+    """``search.metric`` / ``search.mode`` (one or a list), ``search.pick``: checked, into ``s.objectives``;
+    ``s.metric`` / ``s.mode`` become the first objective's."""
+    from ..cost import COST_METRICS
+
+    if "objectives" in data:
+        raise UserError(f"{where}: search.objectives is not a file key; allowed: search.metric and search.mode "
+                        f"(each a name or a list)")
+    task = base["task"]
+
+    def mode_of(metric: str) -> str:  # the base's explicit monitor_mode goes with its own monitor only
+        if metric == task["monitor"] and task.get("monitor_mode"):
+            return task["monitor_mode"]
+        return "min" if metric in COST_METRICS else default_mode(metric)
+
+    metric = s.metric if s.metric not in (None, []) else task["monitor"]
+    s.objectives = parse_objectives(where, metric, s.mode, {*logged, *COST_METRICS}, mode_of)
+    first = s.objectives[0]
+    if first.name in COST_METRICS:
+        raise UserError(f"{where}: search.metric starts with {first.name}, a model cost that is the same every "
+                        f"epoch; allowed first: a validation metric ({', '.join(sorted(logged))}), which picks each "
+                        f"trial's best epoch and is what ASHA stops on")
+    s.metric, s.mode = first.name, first.mode
+    if s.pick is not None:
+        PickRule.parse(s.pick, [*(o.name for o in s.objectives), *COST_METRICS], f"{where}: search.pick")
+        if len(s.objectives) == 1:
+            raise UserError(f"{where}: search.pick={s.pick!r} chooses among the Pareto front of several objectives, "
+                            f"but search.metric is one ({s.metric}); allowed: a list of metrics, or no search.pick")
+
+
+def names_cost(s: SearchSettings) -> bool:
+    """Whether the search uses a model cost (an objective or search.pick names model/*): its trials
+    measure them (tune_cifar.cost) and report them with every epoch."""
+    from ..cost import COST_METRICS
+
+    names = {o.name for o in s.objectives}
+    if s.pick is not None:
+        names |= PickRule.parse(s.pick, [*names, *COST_METRICS]).names
+    return bool(names & set(COST_METRICS))
 
 
 def set_search_key(where: str, data: dict, key: str, value) -> None:

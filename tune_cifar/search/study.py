@@ -24,6 +24,14 @@ searcher), else FAIL (interrupted, or suggested just before a kill); on ``--resu
 trial continues in a new Optuna trial with the same parameters and epochs (Optuna cannot reopen a
 finished trial).
 
+Several objectives (``search.metric`` a list): the study has one direction per objective and Optuna's
+multi-objective sampling (TPE, or NSGA-II: ``searcher.name: nsga2``). Optuna keeps no intermediate values
+for such a study (``Trial.report`` is single-objective), so each epoch's objective values are kept in the
+trial's user attribute ``epoch_values`` ({epoch: [values]}); a completed trial is COMPLETE with the values of
+its best epoch by the first objective (the epoch whose checkpoint is kept and exported); a trial stopped
+early (ASHA stops on the first objective) is PRUNED without values, which NSGA-II leaves out and TPE ranks
+below the completed ones.
+
 Where the study lives: ``search.optuna_storage``, else ``<run folder>/optuna.db`` (SQLite), named
 ``search.optuna_study`` or the experiment. A search that finds trials in its study (a warm start)
 seeds its sampler from ``searcher.seed`` and their number, so it does not redraw their points.
@@ -37,7 +45,7 @@ from pathlib import Path
 from ray.tune.search.optuna import OptunaSearch
 
 from ..errors import UserError
-from .names import BEST_EPOCH, ENDED, RAY_TRIAL, RUN, STOP_REASON
+from .names import BEST_EPOCH, ENDED, EPOCH_VALUES, RAY_TRIAL, RUN, STOP_REASON, epoch_values
 
 STUDY_FILE = "optuna.db"  # the default study, in the run folder
 
@@ -96,11 +104,15 @@ def check_study_direction(storage, s) -> None:
         study = optuna.load_study(study_name=study_name(s), storage=storage)
     except KeyError:  # no such study yet: it is created with the search's direction
         return
-    want = "maximize" if s.mode == "max" else "minimize"
-    have = study.direction.name.lower()
+    from .objectives import Objective
+
+    objectives = s.objectives or [Objective(s.metric, s.mode)]
+    want = ", ".join("maximize" if o.mode == "max" else "minimize" for o in objectives)
+    have = ", ".join(d.name.lower() for d in study.directions)
     if have != want:
+        said = ", ".join(f"{o.mode} {o.name}" for o in objectives)
         raise UserError(f"search.optuna_storage: study '{study_name(s)}' ({len(study.trials)} trials) was created "
-                        f"to {have}, but search.mode={s.mode} ({s.metric}) needs {want}; choose another study "
+                        f"to {have}, but search.metric/search.mode ({said}) need {want}; choose another study "
                         f"with search.optuna_study=NAME")
 
 
@@ -214,7 +226,10 @@ def make_searcher(space, run_dir: str | Path, run: str) -> "StudySearch":
     store, name = study_storage(s, run_dir), study_name(s)
     seed = sampler_seed(s.searcher.seed, count_trials(store, name))  # a warm start draws new points
     sampler = make_sampler(dataclasses.replace(s, searcher=dataclasses.replace(s.searcher, seed=seed)))
-    return StudySearch(space=space.suggest, metric=s.metric, mode=s.mode, points_to_evaluate=points or None,
+    several = len(s.objectives) > 1  # Optuna's multi-objective study: one direction each
+    metric = [o.name for o in s.objectives] if several else s.metric
+    mode = [o.mode for o in s.objectives] if several else s.mode
+    return StudySearch(space=space.suggest, metric=metric, mode=mode, points_to_evaluate=points or None,
                        sampler=sampler, storage=store, study_name=name, max_epochs=s.scheduler.max_epochs, run=run)
 
 
@@ -253,15 +268,16 @@ class StudySearch(OptunaSearch):
         if result:
             self._record(trial_id, result)
         trial, frozen = self._live(trial_id)
-        curve = {**frozen.intermediate_values, **self._curves.get(trial_id, {})}
-        best = best_of(curve, self.mode)
+        curve = {**epoch_values(frozen), **self._curves.get(trial_id, {})}  # epoch -> [value per objective]
+        best = best_of({e: v[0] for e, v in curve.items()}, self._first_mode)  # by the first objective
         if error or (result or {}).get(STOP_REASON) or best is None:
             state, value = TrialState.FAIL, None
             ended = "error" if error else "failed" if (result or {}).get(STOP_REASON) else "no result"
         elif max(curve) >= self._max_epochs:
-            state, value, ended = TrialState.COMPLETE, best[1], "completed"
+            state, ended = TrialState.COMPLETE, "completed"
+            value = curve[best[0]] if self._several else best[1]  # several: that epoch's values
         else:
-            state, value, ended = TrialState.PRUNED, None, "stopped early"  # Optuna: its last value
+            state, value, ended = TrialState.PRUNED, None, "stopped early"  # Optuna: its last value (one objective)
         if best is not None:
             trial.set_user_attr(BEST_EPOCH, best[0])
         trial.set_user_attr(ENDED, ended)
@@ -271,17 +287,29 @@ class StudySearch(OptunaSearch):
 
     # ------------------------------------------------------------------ helpers
 
+    @property
+    def _several(self) -> bool:
+        return isinstance(self.metric, list)
+
+    @property
+    def _first_mode(self) -> str:
+        return self.mode[0] if self._several else self.mode
+
     def _record(self, trial_id: str, result: dict) -> None:
-        """Keep the epoch's value and report it to Optuna (once per epoch: a retried or resumed trial
-        reports again from its checkpoint)."""
-        value, step = result.get(self.metric), result.get("training_iteration")
-        if step is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        """Keep the epoch's values and tell Optuna (once per epoch: a retried or resumed trial reports again
+        from its checkpoint): an intermediate value (one objective), else the trial's ``epoch_values``."""
+        names, step = (self.metric if self._several else [self.metric]), result.get("training_iteration")
+        values = [result.get(m) for m in names]
+        if step is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             return  # a failed trial's NaN report is no epoch
-        step, value = int(step), float(value)
-        self._curves.setdefault(trial_id, {})[step] = value
+        step, values = int(step), [float(v) for v in values]
+        self._curves.setdefault(trial_id, {})[step] = values
         trial, frozen = self._live(trial_id)
-        if step not in frozen.intermediate_values:
-            trial.report(value, step)
+        if self._several:
+            stored = frozen.user_attrs.get(EPOCH_VALUES) or {}
+            trial.set_user_attr(EPOCH_VALUES, {**stored, str(step): values})
+        elif step not in frozen.intermediate_values:
+            trial.report(values[0], step)
 
     def _live(self, trial_id: str):
         """(optuna Trial, its FrozenTrial) still RUNNING for a Tune trial. One that ``end_run`` closed
@@ -319,15 +347,16 @@ def end_run(storage, name: str, run: str, statuses: dict[str, str] | None = None
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return 0
-    n = 0
+    n, several = 0, len(study.directions) > 1
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(RUN) != run:
             continue
         status = (statuses or {}).get(t.user_attrs.get(RAY_TRIAL), "unfinished")
-        best = best_of(t.intermediate_values, mode)
+        curve = epoch_values(t)
+        best = best_of({e: v[0] for e, v in curve.items()}, mode)  # mode: the first objective's
         state, value = TrialState.FAIL, None
         if status == "completed" and best:
-            state, value = TrialState.COMPLETE, best[1]
+            state, value = TrialState.COMPLETE, (curve[best[0]] if several else best[1])
         elif status == "stopped early" and best:
             state = TrialState.PRUNED
         if best:

@@ -23,8 +23,9 @@ from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
 from .names import CHECKPOINT_FILE, STOP_REASON, checkpoint_file
+from .settings import names_cost
 from .space import SearchSpace
-from ..training import KeepConfiguredHyperparameters, WorkerMemory, fit, quiet, release_memory
+from ..training import KeepConfiguredHyperparameters, ModelCost, WorkerMemory, fit, quiet, release_memory
 
 
 def reported_metrics(cfg: Config) -> list[str]:
@@ -65,7 +66,10 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays,
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     failure, stopped, exit_code = None, False, None
     try:
-        _fit(cfg, arrays, values, list(scheduler_callbacks(cfg)) if scheduler_callbacks else [])
+        extra = list(scheduler_callbacks(cfg)) if scheduler_callbacks else []
+        if names_cost(space.search):
+            extra.append(ModelCost())  # model/* objectives: measured once at the start, reported every epoch
+        _fit(cfg, arrays, values, extra)
     except NonFiniteLoss as err:
         failure = str(err)
     except SystemExit as stop:  # how Ray ends a trial it stops (ASHA), from inside tune.report
