@@ -1,4 +1,5 @@
-"""A search of several objectives, at its end: the Pareto front exported, ``best/`` by ``search.pick``.
+"""A search of several objectives, at its end: which trials form the Pareto front, which one is ``best/``
+(``search.pick``), and the front's files (``results.finish_front`` exports them).
 
 - **The front**: among the trials that can be exported (completed or stopped early, as with one
   objective), those no other one dominates, each with its objectives at its best epoch by the first
@@ -17,14 +18,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
-from ..errors import UserError
-from . import storage
 from .objectives import PickRule, first_objective_rule, pareto_front
 
 log = logging.getLogger("tune_cifar")
@@ -44,12 +41,9 @@ def pick_rule(s) -> PickRule:
     return first_objective_rule(s.objectives)
 
 
-def front_rows(space, table) -> list[dict]:
-    """The rows of results.csv on the Pareto front, in results.csv's order."""
-    from .results import EXPORTED
-
-    rows = table[table["status"].isin(EXPORTED)].to_dict("records")
-    return [rows[i] for i in pareto_front(rows, space.search.objectives)]
+def front_rows(s, rows: list[dict]) -> list[dict]:
+    """The rows (results.csv's exportable ones, in its order) on the Pareto front of ``s.objectives``."""
+    return [rows[i] for i in pareto_front(rows, s.objectives)]
 
 
 def front_text(s, rows: list[dict], picked: int | None) -> str:
@@ -63,93 +57,31 @@ def front_text(s, rows: list[dict], picked: int | None) -> str:
     return "\n".join(lines)
 
 
-def finish_front(plan, grid, arrays, table, out: dict) -> dict:
-    """Export the front and ``best/``; write pareto.csv and the plot; returns the summary dict."""
-    from ..cost import LATENCY, REPORTED, measure
-    from ..evaluation import run_precision, trainer_device
-    from ..export import write_export
-    from ..faults import driver_fault
-    from . import interrupt
-    from .results import row_checkpoint, trial_id_of, trial_model
+def member_name(n: int, row: dict) -> str:
+    return f"{n}_{row['trial_id']}"
 
-    space, paths = plan.space, plan.paths
-    s, run_dir = space.search, paths.local
-    results = {trial_id_of(r): r for r in grid}
-    rows = front_rows(space, table)
-    chosen = [(r, row_checkpoint(space, results[r["trial_id"]], r)) for r in rows]
-    rows = [r for r, c in chosen if c is not None]  # a member without a checkpoint cannot be exported
-    chosen = [c for _, c in chosen if c is not None]
-    if not rows:
-        first = next((r.error for r in grid if r.error), None)
-        reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
-        raise UserError(f"no completed or early-stopped trial reported {', '.join(o.name for o in s.objectives)} "
-                        f"with a checkpoint, nothing exported (see {run_dir}){reason}")
-    rule = pick_rule(s)
-    picked = rule.choose(rows)
-    print(front_text(s, rows, picked), flush=True)
-    if s.scheduler.name == "asha":
-        print(f"(ASHA stopped trials on the first objective, {s.metric}, alone)", flush=True)
-    driver_fault("export")  # test-only: hold the driver here
 
-    root = Path(paths.export_dir).parent / FOLDER
-    tmp = root.with_name(FOLDER + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    members, best_model = [], None
-    try:
-        for n, (row, choice) in enumerate(zip(rows, chosen), 1):
-            classifier, cfg, values, metrics = trial_model(space, choice, arrays)
-            # one at a time, nothing else training: the figure to compare with the trial's (taken beside others)
-            device = trainer_device(cfg)
-            precision = run_precision(cfg.trainer.precision, classifier.extra_hparams.get("trained_precision"), device)
-            again = measure(classifier, device, precision)
-            metrics.update({EXPORT_LATENCY: again.latency.median_ms, EXPORT_LATENCY_IQR: again.latency.iqr_ms})
-            name = f"{n}_{row['trial_id']}"
-            write_export(tmp / name, classifier, config=cfg.to_dict(), metrics=metrics, hyperparameters=values,
-                         experiment=s.experiment)
-            members.append({"n": n, "folder": f"{FOLDER}/{name}", "trial_id": row["trial_id"], "epoch": row["best_epoch"],
-                            "status": row["status"], **{o.name: row[o.name] for o in s.objectives},
-                            **{m: row[m] for m in REPORTED if m in row and m not in [o.name for o in s.objectives]},
-                            EXPORT_LATENCY: again.latency.median_ms, EXPORT_LATENCY_IQR: again.latency.iqr_ms,
-                            **{k: metrics[k] for k in metrics if k.endswith("/test")},
-                            **values, "picked": picked == n - 1})
-            print(f"  exported {name}: {LATENCY} {row.get(LATENCY, float('nan')):.3g} in the trial, "
-                  f"{again.latency.text()} at export", flush=True)
-            if picked == n - 1:
-                best_model = (classifier, cfg, values, metrics)
-        # a signal now waits: the new front replaces the old one whole, or (interrupted) not at all
-        with interrupt.deferred() as received:
-            received.raise_if_any()
-            old = root.with_name(FOLDER + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if root.exists():
-                root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_csv(run_dir / CSV, members)
-    plot = write_plot(run_dir / PLOT, space, table)
-    out.update(pareto=[str(root / m["folder"].split("/", 1)[1]) for m in members], pareto_csv=str(run_dir / CSV),
-               **({"pareto_plot": str(plot)} if plot else {}), pick=str(rule))
-    if best_model is None:
-        # no member satisfies the rule: the front is exported, best/ (and the best link) left as they were
-        print(rule.why_none(rows), file=sys.stderr, flush=True)
-        print(f"exported the Pareto front: {root} (no best/ written)")
-        out.update(best_trial=None)
-    else:
-        classifier, cfg, values, metrics = best_model
-        with interrupt.deferred() as received:
-            dest = write_export(paths.export_dir, classifier, config=cfg.to_dict(), metrics=metrics,
-                                hyperparameters=values, experiment=s.experiment, link_root=paths.link_root,
-                                before_replace=received.raise_if_any)
-        shown = ", ".join(f"{o.name}={metrics[o.name]:.4g}" for o in s.objectives if o.name in metrics)
-        print(f"best trial by '{rule}': {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
-        print(f"exported: {root} (the front) and {dest} (latest: {paths.link_root / 'best'})")
-        out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
-    (run_dir / "best.json").write_text(json.dumps(out, indent=2, default=str))
-    storage.upload_reports(paths)
-    return out
+def replace_folder(tmp: Path, root: Path) -> None:
+    """Put the complete ``tmp`` in place of ``root`` (the earlier front goes only once the new one is whole)."""
+    old = root.with_name(root.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if root.exists():
+        root.rename(old)
+    tmp.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def member_row(s, n: int, row: dict, metrics: dict, values: dict, picked: bool) -> dict:
+    """A pareto.csv row: folder, trial, objectives and model costs (the trial's), latency at export, test
+    metrics, parameters, whether it is best/."""
+    from ..cost import REPORTED
+
+    names = [o.name for o in s.objectives]
+    return {"n": n, "folder": f"{FOLDER}/{member_name(n, row)}", "trial_id": row["trial_id"],
+            "epoch": row["best_epoch"], "status": row["status"], **{m: row[m] for m in names},
+            **{m: row[m] for m in REPORTED if m in row and m not in names},
+            EXPORT_LATENCY: metrics[EXPORT_LATENCY], EXPORT_LATENCY_IQR: metrics[EXPORT_LATENCY_IQR],
+            **{k: v for k, v in metrics.items() if k.endswith("/test")}, **values, "picked": picked}
 
 
 def write_csv(path: Path, members: list[dict]) -> None:
@@ -158,9 +90,9 @@ def write_csv(path: Path, members: list[dict]) -> None:
     pd.DataFrame(members).to_csv(path, index=False)
 
 
-def write_plot(path: Path, space, table) -> Path | None:
-    """Optuna's Pareto-front plot of the exportable trials (2 or 3 objectives; a plotting error only warns)."""
-    s = space.search
+def write_plot(path: Path, s, rows: list[dict]) -> Path | None:
+    """Optuna's Pareto-front plot of the exportable trials' ``rows`` (2 or 3 objectives; a plotting error
+    only warns)."""
     if len(s.objectives) > 3:
         log.warning("no Pareto-front plot: Optuna draws 2 or 3 objectives, this search has %d", len(s.objectives))
         return None
@@ -174,13 +106,10 @@ def write_plot(path: Path, space, table) -> Path | None:
         import optuna
         from optuna.visualization.matplotlib import plot_pareto_front
 
-        from .results import EXPORTED
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # the trials as results.csv scores them (a stopped trial at its best epoch): Optuna's study holds
         # stopped trials without values (PRUNED), which its plot leaves out
         study = optuna.create_study(directions=["maximize" if o.mode == "max" else "minimize" for o in s.objectives])
-        rows = table[table["status"].isin(EXPORTED)].to_dict("records")
         for r in rows:
             values = [r[o.name] for o in s.objectives]
             if all(isinstance(v, float) and v == v for v in values):

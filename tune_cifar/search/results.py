@@ -318,8 +318,6 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
               f"with: {storage.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
     if len(s.objectives) > 1:  # the Pareto front exported, best/ by search.pick (front.py)
-        from .front import finish_front
-
         return finish_front(plan, grid, arrays, table, out)
     chosen = export_choice(space, grid, table)
     if chosen is None:
@@ -342,6 +340,87 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")
     out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
     write_text(run_dir / "best.json", json.dumps(out, indent=2, default=str))
+    storage.upload_reports(paths)
+    return out
+
+
+def finish_front(plan: storage.RunPlan, grid, arrays, table, out: dict) -> dict:
+    """Several objectives: export the Pareto front and ``best/`` (front.py says what and where); write
+    pareto.csv and the plot; returns the summary dict."""
+    import shutil
+
+    from ..cost import LATENCY, measure
+    from ..evaluation import run_precision, trainer_device
+    from ..export import write_export
+    from ..faults import driver_fault
+    from . import front, interrupt
+
+    space, paths = plan.space, plan.paths
+    s, run_dir = space.search, paths.local
+    results = {trial_id_of(r): r for r in grid}
+    exportable = table[table["status"].isin(EXPORTED)].to_dict("records")
+    chosen = [(r, row_checkpoint(space, results[r["trial_id"]], r)) for r in front.front_rows(s, exportable)]
+    rows = [r for r, c in chosen if c is not None]  # a member without a checkpoint cannot be exported
+    chosen = [c for _, c in chosen if c is not None]
+    if not rows:
+        first = next((r.error for r in grid if r.error), None)
+        reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
+        raise UserError(f"no completed or early-stopped trial reported {', '.join(o.name for o in s.objectives)} "
+                        f"with a checkpoint, nothing exported (see {run_dir}){reason}")
+    rule = front.pick_rule(s)
+    picked = rule.choose(rows)
+    print(front.front_text(s, rows, picked), flush=True)
+    if s.scheduler.name == "asha":
+        print(f"(ASHA stopped trials on the first objective, {s.metric}, alone)", flush=True)
+    driver_fault("export")  # test-only: hold the driver here
+
+    root = Path(paths.export_dir).parent / front.FOLDER
+    tmp = root.with_name(front.FOLDER + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    members, best = [], None
+    try:
+        for n, (row, choice) in enumerate(zip(rows, chosen), 1):
+            classifier, cfg, values, metrics = trial_model(space, choice, arrays)
+            # one at a time, nothing else training: the figure to compare with the trial's (taken beside others)
+            device = trainer_device(cfg)
+            again = measure(classifier, device, run_precision(cfg.trainer.precision,
+                                                              classifier.extra_hparams.get("trained_precision"), device))
+            metrics.update({front.EXPORT_LATENCY: again.latency.median_ms,
+                            front.EXPORT_LATENCY_IQR: again.latency.iqr_ms})
+            write_export(tmp / front.member_name(n, row), classifier, config=cfg.to_dict(), metrics=metrics,
+                         hyperparameters=values, experiment=s.experiment)
+            members.append(front.member_row(s, n, row, metrics, values, picked == n - 1))
+            print(f"  exported {front.member_name(n, row)}: {LATENCY} {row.get(LATENCY, math.nan):.3g} ms in the "
+                  f"trial, {again.latency.text()} at export", flush=True)
+            if picked == n - 1:
+                best = classifier, cfg, values, metrics
+        # a signal now waits: the new front replaces the old one whole, or (interrupted) not at all
+        with interrupt.deferred() as received:
+            received.raise_if_any()
+            front.replace_folder(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    front.write_csv(run_dir / front.CSV, members)
+    plot = front.write_plot(run_dir / front.PLOT, s, exportable)
+    out.update(pareto=[str(root / front.member_name(m["n"], m)) for m in members],
+               pareto_csv=str(run_dir / front.CSV), **({"pareto_plot": str(plot)} if plot else {}), pick=str(rule))
+    if best is None:
+        # no member satisfies the rule: the front is exported, best/ (and the best link) left as they were
+        print(rule.why_none(rows), file=sys.stderr, flush=True)
+        print(f"exported the Pareto front: {root} (no best/ written)")
+        out.update(best_trial=None)
+    else:
+        classifier, cfg, values, metrics = best
+        with interrupt.deferred() as received:
+            dest = write_export(paths.export_dir, classifier, config=cfg.to_dict(), metrics=metrics,
+                                hyperparameters=values, experiment=s.experiment, link_root=paths.link_root,
+                                before_replace=received.raise_if_any)
+        shown = ", ".join(f"{o.name}={metrics[o.name]:.4g}" for o in s.objectives if o.name in metrics)
+        print(f"best trial by '{rule}': {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
+        print(f"exported: {root} (the front) and {dest} (latest: {paths.link_root / 'best'})")
+        out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
+    (run_dir / "best.json").write_text(json.dumps(out, indent=2, default=str))
     storage.upload_reports(paths)
     return out
 
