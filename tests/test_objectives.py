@@ -40,7 +40,8 @@ def test_one_metric_or_a_list():
                                                     "but search.mode has 1 (max)"),
     (["accuracy/val", "model/latency"], None, "search.metric='model/latency' is not allowed; allowed: accuracy/val"),
     (["accuracy/val", "accuracy/val"], None, "search.metric names accuracy/val twice"),
-    (["accuracy/val"], ["up"], "search.mode='up' (for accuracy/val) is not allowed; allowed: max, min"),
+    (["accuracy/val"], ["up"], "search.mode='up' is not allowed; allowed: max, min"),
+    (["accuracy/val", "loss/val"], ["max", "up"], "search.mode='up' (for loss/val) is not allowed; allowed: max, min"),
     ([], None, "search.metric is empty"),
 ])
 def test_bad_objectives_are_one_line(metric, mode, says):

@@ -207,7 +207,7 @@ BAD_SEARCH = {
     "mode": ({"mode": "maximum"}, r"search.mode='maximum' is not allowed; allowed: max, min"),
     "scheduler": ({"scheduler": {"name": "hyperband"}}, r"search.scheduler.name='hyperband'.*allowed: asha, fifo"),
     "grace": ({"scheduler": {"max_epochs": 2, "grace_period": 3}}, r"grace_period=3 .*allowed: 1 to"),
-    "searcher": ({"searcher": {"name": "bohb"}}, r"search.searcher.name='bohb'.*allowed: random, tpe"),
+    "searcher": ({"searcher": {"name": "bohb"}}, r"search.searcher.name='bohb'.*allowed: nsga2, random, tpe"),
     "unknown": ({"num_trials": 3}, r"unknown key search.num_trials; allowed: .*num_samples"),
     "gpu > 1": ({"resources": {"gpu": 2}}, r"search.resources.gpu=2.0 is not allowed"),
     "point": ({"searcher": {"points_to_evaluate": [{"optimizer.lr": 5.0}]}},
@@ -269,7 +269,8 @@ def test_search_metric_is_one_the_trials_log(tmp_path):
     added to the base config can be searched on."""
     good = write(tmp_path, {"optimizer.lr": {"uniform": [0.01, 0.1]}}, search={"metric": "f1/val", "mode": "max"})
     assert load_space(good, ["+optimizer.metrics.f1={average: macro}"]).search.metric == "f1/val"
-    with pytest.raises(UserError, match=r"search.metric='f1/val' is not allowed; allowed: accuracy/val, loss/val$"):
+    with pytest.raises(UserError, match=r"search.metric='f1/val' is not allowed; allowed: accuracy/val, loss/val, "
+                                        r"model/flops, model/latency_ms, model/params$"):
         load_space(good)
 
 

@@ -63,7 +63,8 @@ def parse_objectives(where: str, metric, mode, known: Iterable[str],
     for m, d in zip(metrics, modes):
         d = d if d is not None else default_mode(m)
         if d not in MODES:
-            raise UserError(f"{where}: search.mode={d!r} (for {m}) is not allowed; allowed: max, min")
+            which = f" (for {m})" if len(metrics) > 1 else ""
+            raise UserError(f"{where}: search.mode={d!r}{which} is not allowed; allowed: max, min")
         out.append(Objective(m, d))
     return out
 
