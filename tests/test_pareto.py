@@ -201,3 +201,55 @@ def test_bad_objectives_on_the_command_line_exit_2_with_nothing_made(tmp_path, d
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err[-3000:]
     assert "search.metric has 3 names" in err and "search.mode has 2 (max, min)" in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the Optuna study, driven directly
+
+
+def test_the_study_of_several_objectives_is_told_each_trials_best_epoch(tmp_path, data_root):
+    """No intermediate values with several objectives: each epoch's values go to epoch_values; completed:
+    COMPLETE with the values of its best epoch by the first objective; stopped early: PRUNED; NaN: FAIL;
+    end_run closes a trial Tune ended without telling the searcher; importance sees one objective at a time."""
+    import optuna
+
+    from tune_cifar.search.importance import objective_trials
+    from tune_cifar.search.space import load_space
+    from tune_cifar.search.study import end_run, make_searcher
+
+    doc = space_doc(data_root, tmp_path / "outputs", metric=["accuracy/val", "model/latency_ms"], mode=None,
+                    scheduler={"name": "asha", "max_epochs": 3})
+    doc["search"]["searcher"]["points_to_evaluate"] = []
+    space = load_space(str(write(tmp_path / "two.yaml", doc)))
+    searcher = make_searcher(space, tmp_path, "run-1")
+    for t in ("done", "pruned", "nan", "left"):
+        assert searcher.suggest(t)
+
+    def epoch(trial_id, n, acc, ms):
+        searcher.on_trial_result(trial_id, {"accuracy/val": acc, "model/latency_ms": ms, "training_iteration": n})
+
+    epoch("done", 1, 0.5, 2.0)
+    epoch("done", 2, 0.7, 2.1)
+    searcher.on_trial_complete("done", {"accuracy/val": 0.6, "model/latency_ms": 1.9, "training_iteration": 3})
+    epoch("pruned", 1, 0.3, 1.0)
+    searcher.on_trial_complete("pruned", {"accuracy/val": 0.35, "model/latency_ms": 1.1, "training_iteration": 2})
+    searcher.on_trial_complete("nan", {"accuracy/val": float("nan"), "model/latency_ms": 1.0, "training_iteration": 1,
+                                       "stop_reason": "loss/train became nan at epoch 1"})
+    for n, acc in ((1, 0.2), (2, 0.4), (3, 0.3)):
+        epoch("left", n, acc, 0.5)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert end_run(url, "pareto", "run-1", {"left": "completed"}, "max") == 1
+
+    study = optuna.load_study(study_name="pareto", storage=url)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert {k: t.state.name for k, t in trials.items()} == {
+        "done": "COMPLETE", "pruned": "PRUNED", "nan": "FAIL", "left": "COMPLETE"}
+    assert trials["done"].values == [0.7, 2.1] and trials["done"].user_attrs["best_epoch"] == 2
+    assert trials["done"].user_attrs["epoch_values"] == {"1": [0.5, 2.0], "2": [0.7, 2.1], "3": [0.6, 1.9]}
+    assert trials["done"].intermediate_values == {}  # Optuna's are single-objective
+    assert trials["pruned"].values is None and trials["pruned"].user_attrs["epoch_values"] == {
+        "1": [0.3, 1.0], "2": [0.35, 1.1]}
+    assert trials["left"].values == [0.4, 0.5] and trials["left"].user_attrs["best_epoch"] == 2
+
+    latency = {t.state.name + str(t.value or t.intermediate_values) for t in objective_trials(study.trials, 1)}
+    assert latency == {"COMPLETE2.1", "COMPLETE0.5", "PRUNED{1: 1.0, 2: 1.1}"}
