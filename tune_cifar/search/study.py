@@ -110,10 +110,10 @@ def check_study_direction(storage, s) -> None:
     want = ", ".join("maximize" if o.mode == "max" else "minimize" for o in objectives)
     have = ", ".join(d.name.lower() for d in study.directions)
     if have != want:
-        said = ", ".join(f"{o.mode} {o.name}" for o in objectives)
+        said = (f"search.mode={s.mode} ({s.metric}) needs" if len(objectives) == 1 else
+                f"search.metric/search.mode ({', '.join(f'{o.mode} {o.name}' for o in objectives)}) need")
         raise UserError(f"search.optuna_storage: study '{study_name(s)}' ({len(study.trials)} trials) was created "
-                        f"to {have}, but search.metric/search.mode ({said}) need {want}; choose another study "
-                        f"with search.optuna_study=NAME")
+                        f"to {have}, but {said} {want}; choose another study with search.optuna_study=NAME")
 
 
 def check_study(storage, space) -> None:
