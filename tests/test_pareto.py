@@ -253,3 +253,13 @@ def test_the_study_of_several_objectives_is_told_each_trials_best_epoch(tmp_path
 
     latency = {t.state.name + str(t.value or t.intermediate_values) for t in objective_trials(study.trials, 1)}
     assert latency == {"COMPLETE2.1", "COMPLETE0.5", "PRUNED{1: 1.0, 2: 1.1}"}
+
+
+def test_debug_measures_the_model_costs_of_its_trial(tmp_path, data_root, capsys):
+    from tune_cifar.search.debug import debug
+    from tune_cifar.search.space import load_space
+
+    space = load_space(str(write(tmp_path / "pareto.yaml", space_doc(data_root, tmp_path / "outputs"))))
+    out = debug(space, json.dumps(TINY))
+    assert out["val"]["model/params"] == 510 and out["val"]["model/flops"] > 0 and out["val"]["model/latency_ms"] > 0
+    assert "model/latency_ms=" in capsys.readouterr().out
