@@ -61,23 +61,29 @@ def run_trials(storage, name: str, run: str | None):
 
 
 def objective_trials(trials, k: int):
-    """A multi-objective study's trials seen as one objective's, ``k``: completed ones with their k-th value,
-    stopped ones with the k-th value of each epoch they reported (study.EPOCH_VALUES) as intermediate values,
-    so that they are ranked as with one objective."""
+    """A multi-objective study's trials seen as one objective's, ``k``. The first objective is ranked as with
+    one objective (completed trials by value, stopped ones by the epoch they reached, then their value there:
+    ``epoch_values`` become intermediate values). Any other is ranked by its value alone, completed and
+    stopped trials together, each at its best epoch by the first objective (its results.csv row): the epoch a
+    trial reached says nothing of its latency or size."""
     import optuna
     from optuna.trial import TrialState
 
-    from .names import epoch_values
+    from .names import BEST_EPOCH, epoch_values
 
     out = []
     for t in trials:
+        epochs = epoch_values(t)
         if t.state == TrialState.COMPLETE and t.values:
             out.append(optuna.trial.create_trial(state=t.state, value=t.values[k], params=t.params,
                                                  distributions=t.distributions))
-        elif t.state == TrialState.PRUNED:
-            steps = {e: v[k] for e, v in epoch_values(t).items()}
+        elif t.state == TrialState.PRUNED and k == 0:
             out.append(optuna.trial.create_trial(state=t.state, params=t.params, distributions=t.distributions,
-                                                 intermediate_values=steps))
+                                                 intermediate_values={e: v[k] for e, v in epochs.items()}))
+        elif t.state == TrialState.PRUNED and t.user_attrs.get(BEST_EPOCH) in epochs:
+            out.append(optuna.trial.create_trial(state=TrialState.COMPLETE, params=t.params,
+                                                 distributions=t.distributions,
+                                                 value=epochs[t.user_attrs[BEST_EPOCH]][k]))
     return out
 
 
