@@ -40,8 +40,9 @@ from ray import tune
 from ..atomic import write_bytes
 from ..config import Config
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
-from ..training import KeepConfiguredHyperparameters, WorkerMemory, fit, quiet, release_memory
+from ..training import KeepConfiguredHyperparameters, ModelCost, WorkerMemory, fit, quiet, release_memory
 from .names import CHECKPOINT_FILE, STOP_REASON, WORLD_SIZE, checkpoint_file
+from .settings import names_cost
 from .space import SearchSpace
 from .trainable import reported_metrics
 
@@ -96,13 +97,15 @@ def _worker(loop: dict) -> None:
 
     quiet("ray.train", "ray.tune")
     # memory/* are each worker's own (what this process holds): rank 0's are reported, not an average
-    warnings.filterwarnings("ignore", message=r".*'memory/.*sync_dist=True", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*'(memory|model)/.*sync_dist=True", category=UserWarning)
     space: SearchSpace = loop["space"]
     cfg = space.trial_config(loop["values"])
     torch.set_num_threads(max(1, int(space.search.resources.cpu)))
     arrays = ray.get(loop["arrays"][0])  # zero-copy: numpy views of this node's object store
     memory = WorkerMemory()
     extra = list(loop["scheduler_callbacks"](cfg)) if loop["scheduler_callbacks"] else []  # e.g. PBT's rate
+    if names_cost(space.search):
+        extra.append(ModelCost())  # model/* objectives: each worker measures the same model; rank 0's is reported
     names = [*reported_metrics(cfg), *memory.names, *(n for cb in extra for n in getattr(cb, "reported", ()))]
     callbacks = [KeepConfiguredHyperparameters(), memory, *extra, _report_callback(names, loop["channel"]),
                  *trial_callbacks(loop["values"], loop["trial_id"])]
