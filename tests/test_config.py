@@ -155,7 +155,7 @@ def test_config_dir_must_be_a_folder(tmp_path):
 def test_search_space_by_path_or_bundled_name(tmp_path, monkeypatch):
     from tune_cifar.packaged import SPACES_DIR, bundled_spaces, find_space
 
-    assert bundled_spaces() == ["cpu_small", "optimizers", "pbt_cpu_small", "resnet"]
+    assert bundled_spaces() == ["cpu_small", "cpu_small_pareto", "optimizers", "pbt_cpu_small", "resnet"]
     monkeypatch.chdir(tmp_path)
     assert find_space("cpu_small") == find_space("cpu_small.yaml") == SPACES_DIR / "cpu_small.yaml"
     (tmp_path / "cpu_small.yaml").write_text("mine")

@@ -135,7 +135,8 @@ def test_float_exponents_read_as_numbers(tmp_path):
     assert load_space(path).params[0].dists[None].args == (1e-4, 1e-1)
 
 
-@pytest.mark.parametrize("name", ["resnet.yaml", "cpu_small.yaml", "optimizers.yaml", "pbt_cpu_small.yaml"])
+@pytest.mark.parametrize("name", ["resnet.yaml", "cpu_small.yaml", "optimizers.yaml", "pbt_cpu_small.yaml",
+                                  "cpu_small_pareto.yaml"])
 def test_shipped_spaces_are_valid(name):
     space = load_space(REPO / "search_spaces" / name)
     for d in samples(space, 5):
