@@ -162,7 +162,8 @@ def test_search_space_by_path_or_bundled_name(tmp_path, monkeypatch):
     assert find_space("cpu_small.yaml") == tmp_path.joinpath("cpu_small.yaml").relative_to(tmp_path)  # a file wins
     assert find_space("search_spaces/nope.yaml").as_posix() == "search_spaces/nope.yaml"  # left to the loader
     with pytest.raises(UserError, match=r"^nope: no such search-space file here and no bundled space of that "
-                                        r"name; bundled: cpu_small, optimizers, pbt_cpu_small, resnet$"):
+                                        r"name; bundled: cpu_small, cpu_small_pareto, optimizers, pbt_cpu_small, "
+                                        r"resnet$"):
         find_space("nope")
 
 

@@ -92,7 +92,8 @@ def test_pick_rule_satisfied():
     rule = PickRule.parse("max accuracy/val where model/latency_ms <= 5", KNOWN)
     assert rule.choose(rows) == 1  # of two equal accuracies under 5 ms, the first
     assert PickRule.parse("min  model/latency_ms where accuracy/val>0.8", KNOWN).choose(rows) == 1
-    assert PickRule.parse("max accuracy/val where model/latency_ms < 4 and accuracy/val >= 0.5", KNOWN).choose(rows) == 2
+    both = PickRule.parse("max accuracy/val where model/latency_ms < 4 and accuracy/val >= 0.5", KNOWN)
+    assert both.choose(rows) == 2
     assert PickRule.parse("max accuracy/val", KNOWN).choose(rows) == 0
     assert PickRule.parse("max accuracy/val where model/latency_ms <= 4e0", KNOWN).choose(rows) == 1
     assert first_objective_rule([LAT, ACC]).choose(rows) == 2

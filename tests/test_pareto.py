@@ -177,8 +177,9 @@ def test_an_unsatisfiable_pick_exports_the_front_and_leaves_best_as_it_was(searc
     ({"scheduler": {"name": "pbt", "max_epochs": 2}, "max_concurrent_trials": None,
       "searcher": {"name": "random"}}, "search.metric lists 3 objectives, but search.scheduler.name=pbt searches "
                                        "with its own algorithm"),
-    ({"metric": "accuracy/val", "mode": None}, "search.pick='max accuracy/val where model/params <= 1000' chooses "
-                                               "among the Pareto front of several objectives, but search.metric is one"),
+    ({"metric": "accuracy/val", "mode": None},
+     "search.pick='max accuracy/val where model/params <= 1000' chooses among the Pareto front of several "
+     "objectives, but search.metric is one"),
 ])
 def test_bad_objectives_are_refused_before_any_trial(tmp_path, data_root, search, says):
     from tune_cifar.search.space import load_space

@@ -13,7 +13,8 @@ WORLD_SIZE = "world_size"  # reported by a multi-worker trial (distributed.py): 
 # User attributes of each Optuna trial: the results.csv trial_id, the run folder's name, its best epoch,
 # and how the trial ended (see study.py)
 RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
-EPOCH_VALUES = "epoch_values"  # several objectives: {epoch: [value per objective]} (Optuna keeps no intermediate values)
+# several objectives: {epoch: [value per objective]} (Optuna keeps no intermediate values for them)
+EPOCH_VALUES = "epoch_values"
 
 
 def checkpoint_file(directory: str | Path) -> Path:

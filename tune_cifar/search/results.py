@@ -384,8 +384,8 @@ def finish_front(plan: storage.RunPlan, grid, arrays, table, out: dict) -> dict:
             classifier, cfg, values, metrics = trial_model(space, choice, arrays)
             # one at a time, nothing else training: the figure to compare with the trial's (taken beside others)
             device = trainer_device(cfg)
-            again = measure(classifier, device, run_precision(cfg.trainer.precision,
-                                                              classifier.extra_hparams.get("trained_precision"), device))
+            trained = classifier.extra_hparams.get("trained_precision")
+            again = measure(classifier, device, run_precision(cfg.trainer.precision, trained, device))
             metrics.update({front.EXPORT_LATENCY: again.latency.median_ms,
                             front.EXPORT_LATENCY_IQR: again.latency.iqr_ms})
             write_export(tmp / front.member_name(n, row), classifier, config=cfg.to_dict(), metrics=metrics,
