@@ -126,13 +126,13 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         if not ok:
             value = get_dotted(dataclasses.asdict(s), key)
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
-    if parts.check_settings:  # the scheduler's own values (e.g. PBT's); registered: checked above
-        parts.check_settings(where, s)
     if len(s.objectives) > 1 and not parts.uses_study:
         raise UserError(f"{where}: search.metric lists {len(s.objectives)} objectives, but search.scheduler.name="
                         f"{s.scheduler.name} searches with its own algorithm, without the Optuna study that searches "
                         f"several objectives; allowed with several objectives: "
                         f"{allowed(n for n, p in SCHEDULERS.items() if p.uses_study)} (or one metric)")
+    if parts.check_settings:  # the scheduler's own values (e.g. PBT's); registered: checked above
+        parts.check_settings(where, s)
     return s
 
 
