@@ -268,3 +268,25 @@ def test_debug_measures_the_model_costs_of_its_trial(tmp_path, data_root, capsys
     out = debug(space, json.dumps(TINY))
     assert out["val"]["model/params"] == 510 and out["val"]["model/flops"] > 0 and out["val"]["model/latency_ms"] > 0
     assert "model/latency_ms=" in capsys.readouterr().out
+
+
+def test_nsga2_is_a_registered_searcher_of_several_objectives(tmp_path, data_root):
+    """searcher.name: nsga2 drives the study with Optuna's NSGA-II (population searcher.n_startup_trials):
+    the first generation is drawn, then trials are bred from the completed ones."""
+    import optuna
+
+    from tune_cifar.search.space import load_space
+    from tune_cifar.search.study import make_searcher
+
+    doc = space_doc(data_root, tmp_path / "outputs", scheduler={"name": "fifo", "max_epochs": 1},
+                    searcher={"name": "nsga2", "seed": 0, "n_startup_trials": 2})
+    searcher = make_searcher(load_space(str(write(tmp_path / "nsga2.yaml", doc))), tmp_path, "run-1")
+    assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
+    for i in range(5):
+        config = searcher.suggest(f"t{i}")
+        assert config["model.model_name"] in ("tiny_cnn", "small_cnn")
+        searcher.on_trial_complete(f"t{i}", {"accuracy/val": 0.1 * i, "model/latency_ms": 1.0 + i,
+                                             "model/params": 510.0 * (i + 1), "training_iteration": 1})
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5 and len(study.best_trials) == 5
+    assert {t.system_attrs.get("NSGAIISampler:generation") for t in study.trials} >= {0, 1}  # bred after the first
