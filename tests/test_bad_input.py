@@ -374,6 +374,7 @@ def test_train_refuses_non_finite_numbers(cifar10_root, tmp_path, case):
     assert not out.exists()
 
 
+@SLOW  # the same check as test_train_refuses_non_finite_numbers, reached through a group file
 def test_a_config_dir_file_with_yaml_nan(cifar10_root, tmp_path):
     """YAML's own spelling, in the user's --config-dir group file, is refused the same way."""
     (tmp_path / "mine" / "optimizer").mkdir(parents=True)
