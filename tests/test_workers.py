@@ -107,6 +107,13 @@ def test_bad_worker_settings_are_refused_when_the_space_is_read(tmp_path, data_r
     for override, message in BAD:
         with pytest.raises(UserError, match=message.replace(".", r"\.")):
             load_space(space, [override])
+    pbt = tmp_path / "pbt.yaml"  # a space PBT accepts (the learning rate only), with 2 workers: refused
+    doc = __import__("yaml").safe_load(space.read_text())
+    doc["params"] = {"optimizer.lr": {"loguniform": [1e-4, 0.1]}}
+    doc["search"].update(num_samples=4, scheduler={"name": "pbt"}, searcher={"name": "random"})
+    pbt.write_text(__import__("yaml").safe_dump(doc, sort_keys=False))
+    with pytest.raises(UserError, match="search.resources.workers=2 with search.scheduler.name=pbt is not supported"):
+        load_space(pbt)
     searched = tmp_path / "searched.yaml"  # a searched global batch: every value a multiple of the workers
     doc = __import__("yaml").safe_load(space.read_text())
     for spec, ok in (({"choice": [32, 48, 33]}, False), ({"qint": [32, 128, 16]}, True), ({"int": [32, 128]}, False)):
