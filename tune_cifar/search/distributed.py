@@ -11,13 +11,13 @@ function launches a ``ray.train.torch.TorchTrainer`` whose workers fit with Ray'
   epoch's seeded order (``data.module._EpochBatches``), validates on its own rows, and the metrics are synced.
 - **Reports and decisions.** At each validation end rank 0 sends its metrics and the Lightning checkpoint (its
   bytes through the object store: the workers may be on another node than the trial's process) to the trial,
-  which reports them with ``tune.report`` and a Tune checkpoint, so ASHA, PBT, checkpoint retention, the
-  export and ``--resume`` see what a one-process trial gives them. The trial answers *go on* or *stop* (Tune
-  stopped it); rank 0 broadcasts the answer and all workers end the fit together. Ray's own
+  which reports them with ``tune.report`` and a Tune checkpoint, so ASHA, checkpoint retention, the
+  export and ``--resume`` see what a one-process trial gives them (PBT is refused: workers.check_scheduler).
+  The trial answers *go on* or *stop* (Tune stopped it); rank 0 broadcasts the answer and all workers end the fit together. Ray's own
   ``RayTrainReportCallback`` + ``TuneReportCallback`` pair is not used: it reports at train-epoch end, before
   validation, and hands Tune metrics without a Tune checkpoint (so no checkpoint retention, PBT or export)
   and without a way back to stop the workers (a stopped trial's workers would train on).
-- **Starting from a checkpoint** (a retry, ``--resume``, a PBT exploit): the trial reads Tune's checkpoint and
+- **Starting from a checkpoint** (a retry, ``--resume``): the trial reads Tune's checkpoint and
   every worker resumes from its bytes.
 - **Failures.** A worker's exception or death ends the Train run (Train's own retries are off) and fails the
   Tune trial, which Tune retries from its last checkpoint (``search.max_failures``), as a one-process trial.
