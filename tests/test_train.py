@@ -182,6 +182,24 @@ def test_cli_prints_no_traceback(cifar10_root, tmp_path):
 
 @needs_fashion
 def test_small_cnn_learns_real_fashion_mnist(tmp_path):
+    """Real data: the built-in CNN, 2,000 training images (1,000 to validate), 2 epochs, >= 72% on the
+    whole real test set (10,000 images; chance is 10%).
+
+    Seeds 42 (the default, this test's), 0, 1, 2 scored 0.766, 0.776, 0.783, 0.764 (the lowest 4.4
+    points above the bar), at under half the CPU of 5,000 images (45 s instead of 101 s). The
+    5,000-image, >= 80% check: test_small_cnn_reaches_80_percent_on_real_fashion_mnist (slow)."""
+    cfg = load_config([
+        "data=fashion_mnist", "model=small_cnn", "data.train_subset=2000", "data.val_subset=1000",
+        "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        f"run.output_dir={tmp_path}", "data.train_batch_size=64", "optimizer.lr=0.1", "data.augment.crop_padding=0",
+    ])
+    result = train.run(cfg)
+    assert result["test"]["accuracy/test"] >= 0.72
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_small_cnn_reaches_80_percent_on_real_fashion_mnist(tmp_path):
     """Real data: the built-in CNN, 5,000 training images, 2 epochs, >= 80% on the real test set."""
     cfg = load_config([
         "data=fashion_mnist", "model=small_cnn", "data.train_subset=5000", "trainer.max_epochs=2",
