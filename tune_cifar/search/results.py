@@ -459,8 +459,8 @@ def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str
                 plot = PLOT if k == 0 else PLOT.replace(".png", f"_{k + 1}.png")
                 importances, text = param_importances(objective_trials(trials, k), o.mode, paths.local, plot)
                 print(f"{o.name}: {text}", flush=True)
-                found[o.name] = {"importances": importances,
-                                 **({"importance_plot": str(paths.local / plot)} if importances else {})}
+                found[o.name] = {"importances": importances,  # a plot only with a parameter above noise
+                                 **({"importance_plot": str(paths.local / plot)} if drawn(importances) else {})}
             return {"study": study.storage_url(s, paths.local), "importances": found}
         importances, text = param_importances(trials, s.mode, paths.local)
     except Exception as err:  # the results matter more than the importance
@@ -468,4 +468,9 @@ def study_report(space: SearchSpace, paths: storage.RunPaths, statuses: dict[str
         return {}
     print(text, flush=True)
     return {"study": study.storage_url(s, paths.local), "importances": importances,
-            **({"importance_plot": str(paths.local / PLOT)} if importances else {})}
+            **({"importance_plot": str(paths.local / PLOT)} if drawn(importances) else {})}
+
+
+def drawn(report: dict | None) -> bool:
+    """Whether param_importances drew its plot: only with a parameter distinguishable from noise."""
+    return bool(report and report["significant"])
