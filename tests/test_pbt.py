@@ -139,7 +139,9 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tmp_path, data_root):
+def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tmp_path, data_root, capsys):
+    """4 trials on 2 CPUs, as the bundled pbt_cpu_small: PBT is synchronous (issue 18), so each exploit
+    compares trials at the same epoch."""
     import json
 
     import numpy as np
@@ -152,7 +154,7 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
 
     strong, weak = {"optimizer.lr": 0.01}, {"optimizer.lr": 1e-5}
     path = pbt_space(tmp_path, data_root, {
-        "num_samples": 4, "resources": {"cpu": 0.5}, "scheduler": {"name": "pbt", "max_epochs": 4, "perturbation_interval": 1},
+        "num_samples": 4, "resources": {"cpu": 1}, "scheduler": {"name": "pbt", "max_epochs": 4, "perturbation_interval": 1},
         "searcher": {"name": "random", "seed": 0,
                      "points_to_evaluate": [strong, {"optimizer.lr": 0.005}, weak, {"optimizer.lr": 2e-5}]}})
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -160,6 +162,8 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
         out = run_search(load_space(path))
     finally:
         ray.shutdown()
+    assert "PBT: synchronous, since the population of 4 trials is larger than the 2 that train at once" \
+        in capsys.readouterr().out
     run_dir = Path(out["ray_dir"])
     table = pd.read_csv(out["results"])
     rows = {p.parent.name.removeprefix("trial_"): pd.read_csv(p) for p in run_dir.glob("trial_*/progress.csv")}
@@ -168,6 +172,7 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
 
     # Exploits happened; Ray's own log has each one, results.csv counts them and names the donors.
     assert events and len((run_dir / "pbt_global.txt").read_text().splitlines()) == len(events)
+    assert all(e["epoch"] == e["donor_epoch"] for e in events)  # synchronous: never a trial left behind
     by_id = table.set_index("trial_id")
     assert by_id["exploits"].sum() == len(events) and set(by_id.index) == set(rows)
     for e in events:
@@ -207,6 +212,41 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
 
 
 # --------------------------------------------------------------------------- fast checks of the parts
+
+
+@pytest.mark.parametrize("search, nodes, synch", [
+    ({"num_samples": 4, "resources": {"cpu": 1}}, [{"CPU": 2.0}], True),  # pbt_cpu_small on 2 CPUs
+    ({"num_samples": 4, "resources": {"cpu": 1}}, [{"CPU": 4.0}], False),  # all train at once
+    ({"num_samples": 4, "resources": {"cpu": 0.5}}, [{"CPU": 2.0}], False),
+    ({"num_samples": 4, "resources": {"cpu": 1}}, [{"CPU": 2.0}, {"CPU": 2.0}], False),  # two nodes
+    ({"num_samples": 4, "resources": {"cpu": 1, "gpu": 0.5}}, [{"CPU": 16.0, "GPU": 1.0}], True),  # GPU slots
+    ({"num_samples": 4, "resources": {"cpu": 1, "gpu": 0.5}}, [{"CPU": 16.0, "GPU": 2.0}], False),
+    ({"num_samples": 4, "resources": {"cpu": 1}, "scheduler": {"synch": False}}, [{"CPU": 2.0}], False),  # forced
+    ({"num_samples": 2, "resources": {"cpu": 1}, "scheduler": {"synch": True}}, [{"CPU": 2.0}], True),
+])
+def test_pbt_is_synchronous_when_the_population_exceeds_the_slots(tmp_path, data_root, capsys, monkeypatch,
+                                                                  search, nodes, synch):
+    from tune_cifar.search import pbt
+    from tune_cifar.search.space import load_space
+
+    scheduler_section = {"name": "pbt", "max_epochs": 3, "perturbation_interval": 1, **search.pop("scheduler", {})}
+    space = load_space(pbt_space(tmp_path, data_root, {**search, "scheduler": scheduler_section}))
+    monkeypatch.setattr(pbt, "node_resources", lambda: nodes)
+    assert pbt.make_scheduler(space)._synch is synch
+    printed = capsys.readouterr().out
+    auto = "synch" not in scheduler_section
+    assert ("PBT: synchronous, since the population of 4 trials is larger than the 2 that train at once"
+            in printed) is (synch and auto)
+    assert printed.count("\n") == (1 if synch and auto else 0)
+
+
+def test_the_bundled_pbt_space_is_synchronous_on_two_cpus(monkeypatch, capsys):
+    from tune_cifar.search import pbt
+    from tune_cifar.search.space import load_space
+
+    monkeypatch.setattr(pbt, "node_resources", lambda: [{"CPU": 2.0}])
+    assert pbt.make_scheduler(load_space("pbt_cpu_small"))._synch is True
+    assert "population of 4 trials is larger than the 2 that train at once" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("key, spec", [

@@ -14,6 +14,11 @@ or with ``resample_probability`` drawn anew), clipped to the space's bounds.
 - Ray logs each exploit to ``pbt_global.txt`` in the run folder (and the lineage of each trial to
   ``pbt_policy_<trial id>.txt``), naming trials by tag; ``RecordingPBT`` writes the same events by
   trial id to ``pbt_exploits.jsonl``, which results.csv (``exploits``, ``cloned_from``) and the plot read.
+- Synchronous when the population is larger than the trials that can train at once (``scheduler.synch:
+  null``, the default; ``true``/``false`` force it): Ray's asynchronous PBT ranks each trial by its last
+  result, whatever epoch that came from, so a trial still waiting for a slot at epoch 2 would be exploited
+  for being behind, not for being worse. Synchronous PBT decides once the whole population has reached
+  each interval. ``concurrent_trials`` counts the slots from the Ray cluster's nodes.
 
 registry.py registers these parts as the ``pbt`` scheduler (``SchedulerParts``). ``check_space`` has no Ray
 import (``load_space`` calls it); the rest imports Ray (or Lightning) when called.
@@ -137,6 +142,46 @@ def _recording_pbt():
     return RecordingPBT
 
 
+def node_resources() -> list[dict]:
+    """Each alive node's resources ({"CPU": .., "GPU": ..}) of the Ray cluster, or of this machine's CPUs
+    when Ray is not started (a scheduler built outside a search)."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        return [{"CPU": float(os.cpu_count() or 1)}]
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def concurrent_trials(s, nodes: list[dict]) -> int | None:
+    """How many trials train at once: per node, the trials its CPUs and GPUs hold at
+    ``search.resources`` each, summed over ``nodes``; at most ``max_concurrent_trials``. None: no limit
+    (a trial that asks for nothing)."""
+    need = {"CPU": float(s.resources.cpu), "GPU": float(s.resources.gpu)}
+    need = {k: v for k, v in need.items() if v > 0}
+    slots = None
+    if need:  # 1e-9: 2 CPUs hold four trials of 0.5 despite float rounding
+        slots = sum(min(int(r.get(k, 0) / v + 1e-9) for k, v in need.items()) for r in nodes)
+    if s.max_concurrent_trials:
+        slots = s.max_concurrent_trials if slots is None else min(slots, s.max_concurrent_trials)
+    return slots
+
+
+def synchronous(s, nodes: list[dict]) -> bool:
+    """``scheduler.synch`` if set; automatically (null) synchronous when the population (``num_samples``)
+    is larger than the trials that train at once, and says so in one line."""
+    if s.scheduler.synch is not None:
+        return bool(s.scheduler.synch)
+    slots = concurrent_trials(s, nodes)
+    if slots is None or s.num_samples <= slots:
+        return False
+    print(f"PBT: synchronous, since the population of {s.num_samples} trials is larger than the {slots} "
+          f"that train at once: exploits wait until every trial has reached the interval "
+          f"(set search.scheduler.synch=false to keep Ray's asynchronous PBT)", flush=True)
+    return True
+
+
 def make_scheduler(space):
     s, dists = space.search, distributions(space)
     sampled = {k: d for k, d in dists.items() if d.sampled}
@@ -145,7 +190,7 @@ def make_scheduler(space):
     return _recording_pbt()(
         time_attr="training_iteration", perturbation_interval=s.scheduler.perturbation_interval,
         burn_in_period=s.scheduler.burn_in_period, quantile_fraction=s.scheduler.quantile_fraction,
-        resample_probability=s.scheduler.resample_probability, synch=s.scheduler.synch,
+        resample_probability=s.scheduler.resample_probability, synch=synchronous(s, node_resources()),
         hyperparam_mutations={k: _mutation(d) for k, d in sampled.items()}, custom_explore_fn=ClipToSpace(bounds))
 
 

@@ -50,7 +50,9 @@ class Scheduler:
     burn_in_period: int = 0  # PBT: epochs before the first one
     quantile_fraction: float = 0.25  # PBT: the bottom fraction copies the top fraction
     resample_probability: float = 0.25  # PBT: a mutated value is drawn anew instead of scaled / shifted
-    synch: bool = False  # PBT: wait for the whole population at each interval (Ray's synchronous PBT)
+    # PBT: wait for the whole population at each interval (Ray's synchronous PBT); None: when the
+    # population is larger than the trials that train at once (pbt.synchronous)
+    synch: Optional[bool] = None
 
 
 @dataclass
