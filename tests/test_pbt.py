@@ -140,8 +140,8 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tmp_path, data_root, capsys):
-    """4 trials on 2 CPUs, as the bundled pbt_cpu_small: PBT is synchronous (issue 18), so each exploit
-    compares trials at the same epoch."""
+    """4 trials on 2 CPUs, as the bundled pbt_cpu_small: PBT is synchronous (issue 18), so no exploit
+    compares a trial with one that is epochs ahead."""
     import json
 
     import numpy as np
@@ -172,7 +172,10 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
 
     # Exploits happened; Ray's own log has each one, results.csv counts them and names the donors.
     assert events and len((run_dir / "pbt_global.txt").read_text().splitlines()) == len(events)
-    assert all(e["epoch"] == e["donor_epoch"] for e in events)  # synchronous: never a trial left behind
+    # Synchronous: no exploit before every trial has reached the interval. A trial's function may report
+    # one more epoch before Tune's pause takes effect, so the two sides differ by one interval at most
+    # (asynchronous, a trial waiting for a CPU is compared with trials epochs ahead).
+    assert all(abs(e["epoch"] - e["donor_epoch"]) <= 1 for e in events), events
     by_id = table.set_index("trial_id")
     assert by_id["exploits"].sum() == len(events) and set(by_id.index) == set(rows)
     for e in events:
@@ -221,6 +224,8 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
     ({"num_samples": 4, "resources": {"cpu": 1}}, [{"CPU": 2.0}, {"CPU": 2.0}], False),  # two nodes
     ({"num_samples": 4, "resources": {"cpu": 1, "gpu": 0.5}}, [{"CPU": 16.0, "GPU": 1.0}], True),  # GPU slots
     ({"num_samples": 4, "resources": {"cpu": 1, "gpu": 0.5}}, [{"CPU": 16.0, "GPU": 2.0}], False),
+    ({"num_samples": 4, "resources": {"cpu": 1, "workers": 2}}, [{"CPU": 4.0}, {"CPU": 4.0}], False),  # 2 x 2
+    ({"num_samples": 4, "resources": {"cpu": 1, "workers": 2}}, [{"CPU": 4.0}], True),
     ({"num_samples": 4, "resources": {"cpu": 1}, "scheduler": {"synch": False}}, [{"CPU": 2.0}], False),  # forced
     ({"num_samples": 2, "resources": {"cpu": 1}, "scheduler": {"synch": True}}, [{"CPU": 2.0}], True),
 ])

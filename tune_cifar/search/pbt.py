@@ -18,7 +18,7 @@ or with ``resample_probability`` drawn anew), clipped to the space's bounds.
   null``, the default; ``true``/``false`` force it): Ray's asynchronous PBT ranks each trial by its last
   result, whatever epoch that came from, so a trial still waiting for a slot at epoch 2 would be exploited
   for being behind, not for being worse. Synchronous PBT decides once the whole population has reached
-  each interval. ``concurrent_trials`` counts the slots from the Ray cluster's nodes.
+  each interval (a trial may report one epoch more before its pause takes effect). ``concurrent_trials`` counts the slots from the Ray cluster's nodes.
 
 registry.py registers these parts as the ``pbt`` scheduler (``SchedulerParts``). ``check_space`` has no Ray
 import (``load_space`` calls it); the rest imports Ray (or Lightning) when called.
@@ -155,11 +155,10 @@ def node_resources() -> list[dict]:
 
 
 def concurrent_trials(s, nodes: list[dict]) -> int | None:
-    """How many trials train at once: per node, the trials its CPUs and GPUs hold at
-    ``search.resources`` each, summed over ``nodes``; at most ``max_concurrent_trials``. None: no limit
-    (a trial that asks for nothing)."""
-    need = {"CPU": float(s.resources.cpu), "GPU": float(s.resources.gpu)}
-    need = {k: v for k, v in need.items() if v > 0}
+    """How many trials train at once: per node, the trials its CPUs and GPUs hold at what one trial uses
+    in all (``search.resources``, times its workers: they share a node), summed over ``nodes``; at most
+    ``max_concurrent_trials``. None: no limit (a trial that asks for nothing)."""
+    need = {k: float(v) for k, v in s.resources.total().items() if v > 0}
     slots = None
     if need:  # 1e-9: 2 CPUs hold four trials of 0.5 despite float rounding
         slots = sum(min(int(r.get(k, 0) / v + 1e-9) for k, v in need.items()) for r in nodes)
