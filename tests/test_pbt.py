@@ -186,8 +186,10 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
 
     # The mutation survived the restore: the epoch after an exploit trained at the NEW config's rate,
     # not at the donor's rate restored with its optimizer state.
-    trained_after = [e for e in events if e["donor_epoch"] < 4]
-    assert trained_after, "every exploit copied a finished trial: nothing trained after it"
+    # (An exploit of a trial already at max_epochs trains nothing after it: synchronous PBT can decide one
+    # at the last interval, when the trial's function has already finished; README says so.)
+    trained_after = [e for e in events if e["donor_epoch"] < 4 and e["epoch"] < 4]
+    assert trained_after, "every exploit copied a finished trial or came at the end: nothing trained after it"
     for e in trained_after:
         mine, donor = rows[e["trial_id"]], rows[e["donor"]]
         after = mine[mine["training_iteration"] == e["donor_epoch"] + 1]
