@@ -226,8 +226,6 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
     ({"num_samples": 4, "resources": {"cpu": 1}}, [{"CPU": 2.0}, {"CPU": 2.0}], False),  # two nodes
     ({"num_samples": 4, "resources": {"cpu": 1, "gpu": 0.5}}, [{"CPU": 16.0, "GPU": 1.0}], True),  # GPU slots
     ({"num_samples": 4, "resources": {"cpu": 1, "gpu": 0.5}}, [{"CPU": 16.0, "GPU": 2.0}], False),
-    ({"num_samples": 4, "resources": {"cpu": 1, "workers": 2}}, [{"CPU": 4.0}, {"CPU": 4.0}], False),  # 2 x 2
-    ({"num_samples": 4, "resources": {"cpu": 1, "workers": 2}}, [{"CPU": 4.0}], True),
     ({"num_samples": 4, "resources": {"cpu": 1}, "scheduler": {"synch": False}}, [{"CPU": 2.0}], False),  # forced
     ({"num_samples": 2, "resources": {"cpu": 1}, "scheduler": {"synch": True}}, [{"CPU": 2.0}], True),
 ])
