@@ -74,7 +74,7 @@ def load_export(path: Path) -> Loaded:
         raise UserError(f"{path} is not a tune_cifar export (no {MANIFEST}); for a training checkpoint "
                         f"use --checkpoint FILE")
     exp = read_export(path)
-    return Loaded(path, "export", exp.classifier, exp.config, _test_metrics(exp.metrics), home=path.resolve().parent)
+    return Loaded(path, "export", exp.classifier, exp.config, _test_metrics(exp.metrics), home=_home_of_export(path))
 
 
 def load_checkpoint(path: Path) -> Loaded:
@@ -103,3 +103,12 @@ def load(options: Options) -> Loaded:
     if options.checkpoint:
         return load_checkpoint(Path(options.checkpoint))
     return load_export(find_best(options.output_dir))
+
+
+def _home_of_export(path: Path) -> Path:
+    """Where predict/<time>/ goes for an export: beside it. A Pareto-front member
+    (<experiment>/pareto/<n>_<trial>/) is the exception: the search replaces the whole pareto/
+    folder at its next export, so its predictions go beside pareto/, as --best's go beside best/."""
+    parent = path.resolve().parent
+    return parent.parent if parent.name == "pareto" else parent
+

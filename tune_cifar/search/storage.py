@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,13 +229,22 @@ def _normal(obj):
     return yaml.safe_load(yaml.safe_dump(obj, sort_keys=True))
 
 
+# Settings whose default changed between releases: (key, the old release's recorded default, the new
+# default). A run recorded with the old default and resumed by the new release is not a user's change.
+CHANGED_DEFAULTS = {("search.scheduler.synch", False, None)}  # PBT synchrony became automatic (None)
+
+
 def _diff(a, b, prefix: str = "") -> list[str]:
+    """Differences between the stored record ``a`` and this command's ``b``. A key the stored record
+    lacks is a setting added by a newer release (the run used its behaviour before it had a name)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            if k in a:
+                out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+    key = prefix.rstrip(".")
+    return [] if a == b or (key, a, b) in CHANGED_DEFAULTS else [f"{key}: {a!r} -> {b!r}"]
 
 
 def check_resume(plan: RunPlan) -> None:
@@ -253,8 +263,9 @@ def check_resume(plan: RunPlan) -> None:
 def resume_command(paths: RunPaths) -> str:
     """The command that continues this run, from its search.yaml (a --new-name run names itself there)."""
     stored = yaml.safe_load(_read_text(_join(paths.ray_dir, SEARCH_FILE)))
-    return " ".join(["python -m tune_cifar.search", str(stored.get("space_file")), *stored.get("overrides", []),
-                     "--resume"])
+    # quoted as a shell reads it: an override such as search.pick=... <= 2 must not become a redirection
+    return "python -m tune_cifar.search " + shlex.join([str(stored.get("space_file")), *stored.get("overrides", []),
+                                                         "--resume"])
 
 
 def upload_reports(paths: RunPaths) -> None:
