@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -137,6 +138,9 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         stopped = bool(received) or interrupted(statuses, len(grid), s, time.monotonic() - start)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop ran
         return _interrupted(paths)
+    except Exception as err:
+        _drop_cut_checkpoints(paths, err)
+        raise
     finally:
         if started:
             ray.shutdown()
@@ -144,6 +148,26 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         return finish(plan, grid, arrays, statuses, interrupted=stopped)
     except KeyboardInterrupt:  # while writing the reports or exporting: nothing exported
         return _interrupted(paths)
+    except Exception as err:
+        _drop_cut_checkpoints(paths, err)
+        raise
+
+
+def _drop_cut_checkpoints(paths: storage.RunPaths, err: BaseException) -> None:
+    """On a full disk, remove the run's checkpoint folders whose checkpoint is not whole: Ray copies a
+    trial's checkpoint into the storage itself (not atomically), and a trial cannot always remove a copy
+    cut short (the copy may fail after the trial's own clean-up). Such a file could never be loaded."""
+    from ..atomic import is_no_space
+    from .trainable import drop_partial_checkpoint
+
+    if not is_no_space(err) or paths.remote:
+        return
+    for trial_dir in Path(paths.ray_dir).glob("trial_*"):
+        for _ in range(len(list(trial_dir.glob("checkpoint_*")))):  # newest first, while they are cut short
+            before = len(list(trial_dir.glob("checkpoint_*")))
+            drop_partial_checkpoint(str(trial_dir))
+            if len(list(trial_dir.glob("checkpoint_*"))) == before:
+                break
 
 
 def _trial_function(space: SearchSpace, arrays, scheduler_callbacks):
