@@ -45,3 +45,10 @@ def test_resume_check_sees_user_changes_not_a_newer_release_defaults():
     assert _diff(old, now) == []
     changed = {"search": {"num_samples": 9, "pick": None, "scheduler": {"name": "asha", "synch": None}}}
     assert _diff(old, changed) == ["search.num_samples: 8 -> 9"]
+
+
+def test_resume_check_names_a_missing_section():
+    """A stored record without a section (None) against this command's section is a difference."""
+    from tune_cifar.search.storage import _diff
+
+    assert _diff({"base": None}, {"base": {"model": {"name": "x"}}}) == ["base: None -> {'model': {'name': 'x'}}"]

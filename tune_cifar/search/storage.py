@@ -244,7 +244,8 @@ def _diff(a, b, prefix: str = "") -> list[str]:
                 out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     key = prefix.rstrip(".")
-    return [] if a == b or (key, a, b) in CHANGED_DEFAULTS else [f"{key}: {a!r} -> {b!r}"]
+    changed_default = not isinstance(b, (dict, list)) and (key, a, b) in CHANGED_DEFAULTS
+    return [] if a == b or changed_default else [f"{key}: {a!r} -> {b!r}"]
 
 
 def check_resume(plan: RunPlan) -> None:
