@@ -157,17 +157,17 @@ def _drop_cut_checkpoints(paths: storage.RunPaths, err: BaseException) -> None:
     """On a full disk, remove the run's checkpoint folders whose checkpoint is not whole: Ray copies a
     trial's checkpoint into the storage itself (not atomically), and a trial cannot always remove a copy
     cut short (the copy may fail after the trial's own clean-up). Such a file could never be loaded."""
+    import shutil
+
     from ..atomic import is_no_space
-    from .trainable import drop_partial_checkpoint
+    from .names import checkpoint_file
+    from .trainable import is_whole
 
     if not is_no_space(err) or paths.remote:
         return
-    for trial_dir in Path(paths.ray_dir).glob("trial_*"):
-        for _ in range(len(list(trial_dir.glob("checkpoint_*")))):  # newest first, while they are cut short
-            before = len(list(trial_dir.glob("checkpoint_*")))
-            drop_partial_checkpoint(str(trial_dir))
-            if len(list(trial_dir.glob("checkpoint_*"))) == before:
-                break
+    for folder in Path(paths.ray_dir).glob("trial_*/checkpoint_*"):
+        if not is_whole(checkpoint_file(folder)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _trial_function(space: SearchSpace, arrays, scheduler_callbacks):

@@ -39,11 +39,12 @@ def drop_partial_checkpoint(trial_dir: str | None) -> None:
     if not trial_dir or "://" in trial_dir or not Path(trial_dir).is_dir():
         return
     folders = sorted(Path(trial_dir).glob("checkpoint_*"))
-    if folders and not _whole(checkpoint_file(folders[-1])):
+    if folders and not is_whole(checkpoint_file(folders[-1])):
         shutil.rmtree(folders[-1], ignore_errors=True)
 
 
-def _whole(file: Path) -> bool:
+def is_whole(file: Path) -> bool:
+    """Whether a checkpoint file is a whole zip archive (torch.save's format)."""
     try:
         with zipfile.ZipFile(file) as z:
             return z.testzip() is None
