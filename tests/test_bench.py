@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,83 @@ def test_latency_bench_rounds():
     assert row, out.stdout
     a, _, b, _, median, low, high = map(float, row.groups()[:7])
     assert low == min(a, b) and high == max(a, b) and low <= median <= high
+
+
+def _seeded_curves(tmp_path: Path, epochs: int = 4) -> list[Path]:
+    """The synthetic grid recorded with 3 training seeds as record_curves.py writes them: seed 42 in one
+    file (no train_seed field, as curves.json), seeds 1 and 2 in another (curves_seeds.json); each seed
+    moves a configuration's curve by up to ±2 points."""
+    doc = _synthetic_curves(tmp_path / "one.json", epochs)
+    doc["base"] = ["data=synthetic"]
+    rng = np.random.default_rng(0)
+    seeded = {**doc, "configs": []}
+    for c in doc["configs"]:
+        for seed in (1, 2):
+            shift = float(rng.uniform(-0.02, 0.02))
+            curve = [{**e, "val_accuracy": e["val_accuracy"] + shift, "test_accuracy": e["test_accuracy"] - shift}
+                     for e in c["curve"]]
+            seeded["configs"].append({"params": c["params"], "curve": curve, "train_seed": seed})
+    paths = [tmp_path / "curves.json", tmp_path / "curves_seeds.json"]
+    paths[0].write_text(json.dumps(doc))
+    paths[1].write_text(json.dumps(seeded))
+    return paths
+
+
+def _load_bench(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_budget_replay_spends_the_same_budget(tmp_path, capsys):
+    """bench/search_budget.py: every method spends exactly the budget (re-evaluation included), counted from
+    the trials each replayed search ran; a smaller budget's search is the larger one's prefix (replayed
+    for real here, not assumed); ASHA spends its savings on more trials; re-evaluation re-runs other seeds."""
+    paths = _seeded_curves(tmp_path)
+    bench = _load_bench("search_budget")
+    curves = bench.SeededCurves([json.loads(p.read_text()) for p in paths])
+    assert len(curves.runs) == 8 and all(list(v) == [1, 2, 42] for v in curves.runs.values())
+    epochs = curves.max_epochs
+    for method in bench.METHODS:
+        for seed in range(3):
+            big = bench.simulate(method, curves, seed, max_budget=40)
+            for budget in (40, 16, 13):  # 13: the budget ends inside trials (they are cut)
+                small = bench.simulate(method, curves, seed, max_budget=budget)
+                ran = {n: t["epoch"] for n, t in small["trials"].items()}
+                assert sum(ran.values()) == budget and all(0 < e <= epochs for e in ran.values())
+                assert small["starts"] == big["starts"][:budget]  # the prefix the analysis reads
+                ev = bench.evaluate(big, curves, budget)
+                assert ev["search_epochs"] == ev["total_epochs"] == budget and ev["trials"] == len(ran)
+                best = max(max(c["val_accuracy"] for c in small["trials"][n]["curve"][:e]) for n, e in ran.items())
+                assert ev["export_val"] == best
+                # re-evaluation: top 2 configurations x 2 other seeds, full epochs, inside the same budget
+                if budget <= 2 * 2 * epochs:
+                    continue
+                rev = bench.evaluate(big, curves, budget - 2 * 2 * epochs, top_k=2, reeval_seeds=2)
+                if rev["configs"] >= 2:
+                    assert rev["total_epochs"] == budget and rev["reeval_epochs"] == 2 * 2 * epochs
+                    runs = rev["reeval_runs"]  # n = 3: the original trial (maybe stopped early) and 2 other seeds
+                    assert sorted(r["train_seed"] for r in runs) == [1, 2, 42]
+                    assert [r["epochs"] for r in runs[1:]] == [epochs, epochs]
+                    for r in runs:
+                        curve = curves.runs[rev["export_key"]][r["train_seed"]]
+                        assert r["val"] == max(e["val_accuracy"] for e in curve[: r["epochs"]])
+                    assert rev["reeval_mean"] == pytest.approx(np.mean([r["val"] for r in runs]))
+                    assert rev["export_val"] == max(r["val"] for r in runs)
+    fifo = bench.simulate("fifo_random", curves, 0, max_budget=40)
+    assert all(t["epoch"] == epochs for t in fifo["trials"].values()) and len(fifo["trials"]) == 40 // epochs
+    asha = bench.simulate("asha_random", curves, 0, max_budget=40)
+    assert len(asha["trials"]) > len(fifo["trials"])
+
+    result = bench.main(["--curves", *map(str, paths), "--seeds", "4", "--fifo-trials", "6",
+                         "--out", str(tmp_path / "budget")])
+    assert json.loads((tmp_path / "budget.json").read_text())["budgets"] == {"50%": 12, "100%": 24}
+    rows = result["analysis"]["rows"]
+    for key, r in rows.items():  # every method, every re-evaluation reserve: the same total, every search
+        assert r["total_epochs"] == [r["budget_epochs"]] * 2 or r["top_k"], key
+        assert r["total_epochs"][1] <= r["budget_epochs"], key
+    assert {k.split("|")[0] for k in rows} == set(bench.METHODS)
+    assert "goal1" in result and "| asha_tpe |" in capsys.readouterr().out
