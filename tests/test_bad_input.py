@@ -583,6 +583,21 @@ def test_pbt_that_can_never_perturb(cifar10_root, tmp_path, case):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("case", variants(
+    ({"budget": {"trial_epochs": 2}}, "search.budget.trial_epochs=2 is not allowed; allowed: null, or an integer >= "
+                                      "scheduler.max_epochs (3): one trial's epochs at least"),
+    ({"budget": {"trial_epochs": 2.5}}, "search.budget.trial_epochs=2.5 must be of type int"),
+    ({"budget": {"trial_epochs": 12}, "num_samples": 0},
+     "search.num_samples=0 is not allowed; allowed: an integer >= 1"),
+), ids=["below one trial", "not an integer", "cap 0"])
+def test_a_bad_budget(cifar10_root, tmp_path, case):
+    """search.budget.trial_epochs (issue 18): more values in tests/test_budget.py, in-process."""
+    search, needle = case
+    space = write_space(tmp_path, cifar10_root, {**search, "scheduler": {"max_epochs": 3}})
+    refused(cli("search", space), "search", str(space), needle)
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_space_file_here_wins_over_the_bundled_one_of_that_name(tmp_path):
     """README: "a file of that name in the current folder wins", also named without .yaml."""
     (tmp_path / "cpu_small.yaml").write_text("mine: 1\n")

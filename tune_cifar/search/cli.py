@@ -24,7 +24,7 @@ import yaml
 from ..atomic import NoSpaceLogFilter, disk_full_names, write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
-from . import claim, cluster, interrupt, storage, trust
+from . import budget, claim, cluster, interrupt, storage, trust
 from .results import finish, interrupted, trial_statuses
 from .space import SearchSpace, check_measurable, load_space
 
@@ -107,6 +107,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                 searcher, param_space = parts.search_alg(space)
             else:  # the Optuna study's: run_dir/optuna.db or optuna_storage
                 searcher, param_space = study.make_searcher(space, run_dir, paths.name), {}
+            searcher = budget.wrap(searcher, s)  # search.budget: trials start until it is spent
             scheduler = parts.build(space)
             # at least what the scheduler needs (PBT: a donor's latest checkpoint must outlive its restore)
             keep = max(s.checkpoints_to_keep, parts.min_checkpoints)
@@ -114,7 +115,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                 trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
-                    num_samples=s.num_samples, max_concurrent_trials=concurrent,
+                    num_samples=budget.tune_num_samples(s), max_concurrent_trials=concurrent,
                     time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname,
                     reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
                 run_config=tune.RunConfig(
@@ -135,7 +136,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns
             grid = tuner.fit()
         statuses = trial_statuses(grid)  # from the state Tune saved: running trials are still RUNNING there
-        stopped = bool(received) or interrupted(statuses, len(grid), s, time.monotonic() - start)
+        stopped = bool(received) or interrupted(statuses, grid, s, time.monotonic() - start)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop ran
         return _interrupted(paths)
     except Exception as err:

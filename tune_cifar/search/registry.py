@@ -48,6 +48,8 @@ class SchedulerParts:
       the Optuna study's (None: the study's OptunaSearch over the space's distributions).
     - ``uses_study``: whether the run has an Optuna study (optuna.db, warm start, parameter importance);
       False needs a ``search_alg`` (the study is the default searcher's).
+    - ``population``: the trials are one population that exists at once (PBT): a trial-epoch budget sizes it,
+      ``num_samples = budget // max_epochs`` (budget.py), instead of starting trials until it is spent.
     - ``min_checkpoints``: per trial at least (``search.checkpoints_to_keep`` or this, the larger).
     - ``default_searcher``: ``search.searcher.name`` when the file names none (None: the settings' default).
     - ``check_settings(where, settings)``, ``check_space(space)``: refuse, with a UserError, what it cannot
@@ -66,6 +68,7 @@ class SchedulerParts:
     build: Callable[[Any], Any]
     search_alg: Optional[Callable[[Any], tuple]] = None
     uses_study: bool = True
+    population: bool = False
     min_checkpoints: int = 1
     default_searcher: Optional[str] = None
     check_settings: Optional[Callable[[str, Any], None]] = None
@@ -171,7 +174,7 @@ def fifo(s):
 register_scheduler("pbt", SchedulerParts(
     # Population-based training (pbt.py): Ray's PBT takes no Optuna searcher, so it draws its own
     # population; its trials change hyperparameters in mid-training (exploits)
-    build=_pbt.make_scheduler, search_alg=_pbt.search_alg, uses_study=False,
+    build=_pbt.make_scheduler, search_alg=_pbt.search_alg, uses_study=False, population=True,
     min_checkpoints=_pbt.MIN_CHECKPOINTS,  # a donor's latest checkpoint must outlive its restore
     default_searcher="random", check_settings=_pbt.check_settings, check_space=_pbt.check_space,
     trial_callbacks=_pbt.trial_callbacks, trial_events=_pbt.exploit_events, results_columns=_pbt.results_columns))

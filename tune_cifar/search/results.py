@@ -12,7 +12,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import UserError
 from ..metrics import in_stage
-from . import storage
+from . import budget, storage
 from .names import STOP_REASON, WORLD_SIZE, checkpoint_file
 from .registry import scheduler_parts
 from .settings import names_cost
@@ -53,14 +53,17 @@ def unfinished(statuses: dict[str, str]) -> set[str]:
     return {t for t, st in statuses.items() if st not in ("TERMINATED", "ERROR")}
 
 
-def interrupted(statuses: dict[str, str], results: int, s, elapsed_s: float) -> bool:
-    """True when Tune stopped before the search was done (Ctrl-C, SIGTERM); ``results``: the grid's length."""
+def interrupted(statuses: dict[str, str], grid, s, elapsed_s: float) -> bool:
+    """True when Tune stopped before the search was done (Ctrl-C, SIGTERM); ``grid``: its results."""
     if unfinished(statuses):
         return True
     if s.time_budget_s and elapsed_s >= s.time_budget_s * 0.98:
         return False  # the time budget ended it
-    made = len(statuses) or results
-    return made < s.num_samples  # stopped before the searcher made every trial
+    if budget.spent(s, grid):
+        return False  # the trial-epoch budget ended it
+    made = len(statuses) or len(grid)
+    # stopped before the searcher made every trial (a budget without a cap: before it was spent)
+    return s.num_samples is None or made < s.num_samples
 
 
 # --------------------------------------------------------------------------- errors
@@ -284,8 +287,9 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
     workers = s.resources.workers
     each = (f"each trial on {workers} data-parallel workers (global batch split over them), " if workers > 1
             else "each trial in one process, ")
+    epochs = budget.text(s, _trial_epochs(table)) or f"{_trial_epochs(table)} trial-epochs"
     head = (f"{len(table)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}), "
-            f"{each}{_trial_epochs(table)} trial-epochs; top {min(top, len(table))} "
+            f"{each}{epochs}; top {min(top, len(table))} "
             f"by {s.metric} ({s.mode}){_several(s)}:")
     cols = [c for c in table.columns if c != "error" and (c != WORLD_SIZE or workers > 1)]
     return head + "\n" + table[cols].head(top).to_string(index=False, float_format=lambda x: f"{x:.4g}")
@@ -310,11 +314,15 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     print(f"results: {run_dir / 'results.csv'}")
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
            "trial_epochs": _trial_epochs(table),
+           **({"budget": {"trial_epochs": s.budget.trial_epochs, "used": _trial_epochs(table)}}
+              if s.budget.trial_epochs is not None else {}),
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
     out.update(study_report(space, paths, dict(zip(table["trial_id"].astype(str), table["status"]))))
     if interrupted:
         storage.upload_reports(paths)
-        print(f"search interrupted after {len(table)} of {s.num_samples} trials; nothing exported; continue it "
+        done = (f"{len(table)} trials ({budget.text(s, _trial_epochs(table))})" if s.budget.trial_epochs is not None
+                else f"{len(table)} of {s.num_samples} trials")
+        print(f"search interrupted after {done}; nothing exported; continue it "
               f"with: {storage.resume_command(paths)}", file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
     if len(s.objectives) > 1:  # the Pareto front exported, best/ by search.pick (front.py)

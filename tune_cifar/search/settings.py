@@ -12,6 +12,7 @@ from typing import Any, Optional
 from ..config import build_section, config_from_dict, default_mode
 from ..errors import FOLDER_NAME, UserError, allowed, is_folder_name
 from ..metrics import logged_keys
+from . import budget
 from .keys import get_dotted
 from .objectives import PickRule, parse_objectives
 from .registry import SCHEDULERS, SEARCHERS
@@ -64,6 +65,13 @@ class Searcher:
 
 
 @dataclass
+class Budget:
+    # the search's compute in trial-epochs (one epoch of one trial, whatever its workers): trials start until
+    # it is spent (budget.py); null: num_samples trials
+    trial_epochs: Optional[int] = None
+
+
+@dataclass
 class SearchSettings:
     # a metric, or a list of them (several objectives: the Pareto front); default: the base's task.monitor.
     # Once parsed, metric and mode are the first objective's (ASHA stops on it, a trial's best epoch and the
@@ -73,7 +81,9 @@ class SearchSettings:
     # else min for a loss or a model cost (model/*), max otherwise
     pick: Optional[str] = None  # several objectives: which front member is best/ (objectives.PickRule)
     objectives: list = field(default_factory=list)  # set from metric and mode, not a file key
-    num_samples: int = 10
+    # trials; with a budget an optional cap (null: none), without one default 10 (budget.resolve)
+    num_samples: Optional[int] = None
+    budget: Budget = field(default_factory=Budget)
     time_budget_s: Optional[float] = None
     max_concurrent_trials: Optional[int] = None  # default: as many as the resources allow
     resources: Resources = field(default_factory=Resources)
@@ -101,7 +111,8 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
     s.experiment = s.experiment or base["run"]["experiment"]
     s.storage_path = s.storage_path or base["run"]["output_dir"]
     checks = [
-        ("num_samples", s.num_samples >= 1, "an integer >= 1"),
+        ("num_samples", s.num_samples is None or s.num_samples >= 1,
+         "an integer >= 1 (with search.budget.trial_epochs: a cap on the trials, or null for none)"),
         ("time_budget_s", s.time_budget_s is None or s.time_budget_s > 0, "null or > 0"),
         ("max_concurrent_trials", s.max_concurrent_trials is None or s.max_concurrent_trials >= 1,
          "null or an integer >= 1"),
@@ -128,6 +139,7 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         if not ok:
             value = get_dotted(dataclasses.asdict(s), key)
             raise UserError(f"{where}: search.{key}={value!r} is not allowed; allowed: {what}")
+    budget.resolve(where, s, population=parts.population)  # num_samples: the default, a population's size
     if len(s.objectives) > 1 and not parts.uses_study:
         raise UserError(f"{where}: search.metric lists {len(s.objectives)} objectives, but search.scheduler.name="
                         f"{s.scheduler.name} searches with its own algorithm, without the Optuna study that searches "
