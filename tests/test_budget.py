@@ -173,6 +173,9 @@ def test_the_start_rule_spends_the_budget_and_overshoots_by_less_than_one_trial(
         def suggest(self, trial_id):
             return {"x": 1}
 
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            pass
+
     for seed in range(200):
         rng = random.Random(seed)
         epochs, slots = rng.randint(1, 8), rng.randint(1, 4)
