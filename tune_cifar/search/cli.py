@@ -45,7 +45,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="continue the latest run of this experiment (interrupted or killed): same command + --resume")
     p.add_argument("--new-name", action="store_true",
                    help="if the experiment exists, run this search as <experiment>_2 (the first free name)")
-    p.add_argument("--num-samples", type=int, help="same as search.num_samples=N")
+    p.add_argument("--num-samples", type=int,
+                   help="same as search.num_samples=N (with search.budget.trial_epochs: a cap on the trials)")
     p.add_argument("--output-dir", help="same as search.storage_path=DIR (default: run.output_dir)")
     p.add_argument("--config-dir", action="append", help="a folder of your own config groups, e.g. "
                    "DIR/model/my_net.yaml for model=my_net (repeatable)")
