@@ -92,7 +92,8 @@ def write_space(tmp_path: Path, data_root: Path, search: dict, points=None, sear
             "optimizer.lr": {"loguniform": [1e-5, 0.05]},
             "optimizer.momentum": {"uniform": [0.8, 0.95], "when": {"optimizer.optimizer": "sgd"}},
         },
-        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), **search},
+        # no re-evaluation unless a test asks for it (search.final): it would add trials to every search
+        "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), "final": {"top_k": 0}, **search},
     }
     if points:
         doc["search"]["searcher"] = {"name": searcher, "seed": 0, "points_to_evaluate": points}

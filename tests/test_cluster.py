@@ -120,17 +120,23 @@ def small_space(tmp_path: Path, data_root: Path, **search) -> Path:
 
 def test_readme_cluster_recipe_with_the_token_file_only(tmp_path, data_root, user_env):
     """ray start --head (token auth, token in ~/.ray/auth_token), then the search with --address, in a
-    shell with no RAY_AUTH_* variable: it joins and runs its trial on the cluster."""
-    space = small_space(tmp_path, data_root)
+    shell with no RAY_AUTH_* variable: it joins and runs its trial on the cluster, and its re-evaluation
+    run (search.final) there too."""
+    import json
+
+    space = small_space(tmp_path, data_root, final={"top_k": 1, "seeds": 1})
     with ray_head(user_env) as (address, session):
         result = run_search(space, tmp_path, user_env, "--address", address)
         assert result.returncode == 0, result.stdout[-3000:]
         table = pd.read_csv(next((tmp_path / "outputs" / "tiny").glob("*/results.csv")))
-        assert list(table["status"]) == ["completed"]
+        assert list(table["status"]) == ["completed"] and list(table["reeval_n"]) == [2]
         # the trial ran in the head's worker processes (same session as the head), not a private Ray
         run = next((tmp_path / "outputs" / "tiny").glob("*/trial_*"))
         assert run.is_dir()
+        runs = pd.read_csv(run.parent / "reeval.csv")
+        assert list(runs["status"]) == ["completed"] and list((run.parent / "reeval").glob("trial_*"))
     assert (tmp_path / "outputs" / "tiny" / "best" / "export.json").is_file()
+    assert json.loads((tmp_path / "outputs" / "tiny" / "best" / "metrics.json").read_text())["reeval"]["n"] == 2
 
 
 def test_local_search_ignores_a_stale_cluster_address(tmp_path, data_root, user_env):

@@ -37,7 +37,7 @@ def _space(tmp_path: Path, data_root: Path, **search) -> Path:
                  "trainer.enable_progress_bar=false"],
         "params": {"optimizer.optimizer": {"choice": ["sgd", "toy"]}, "optimizer.lr": {"loguniform": [1e-3, 0.05]}},
         "search": {"experiment": "toy", "storage_path": str(tmp_path / "outputs"),
-                   "scheduler": {"name": "fifo", "max_epochs": 1}, **search},
+                   "scheduler": {"name": "fifo", "max_epochs": 1}, "final": {"top_k": 0}, **search},
     }, sort_keys=False))
     return path
 

@@ -71,7 +71,8 @@ def _space(tmp_path: Path, data_root: Path) -> Path:
                  "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"],
         "params": {"optimizer.lr": {"choice": [0.01, 0.02]}},
         "search": {"experiment": "toy", "storage_path": str(tmp_path / "outputs"), "num_samples": 1,
-                   "resources": {"cpu": 1}, "scheduler": {"name": "toy_grid", "max_epochs": 1}},
+                   "resources": {"cpu": 1}, "scheduler": {"name": "toy_grid", "max_epochs": 1},
+                   "final": {"top_k": 0}},
     }, sort_keys=False))
     return path
 

@@ -44,6 +44,28 @@ def test_same_seed_same_metrics(tiny_cfg):
     assert a["test"] == b["test"] and a["val"] == b["val"]
 
 
+def test_training_seed_changes_training_not_the_split(tiny_cfg):
+    """run.train_seed (null: run.seed) seeds the weights, shuffle order and augmentation; run.seed the split."""
+    import numpy as np
+
+    from tune_cifar.data import load_data
+    from tune_cifar.data.module import ImageDataModule
+
+    a = train.run(tiny_cfg("run.seed=3"))
+    same = train.run(tiny_cfg("run.seed=3", "run.train_seed=3"))
+    other = train.run(tiny_cfg("run.seed=3", "run.train_seed=4"))
+    assert same["val"] == a["val"] and other["val"] != a["val"]
+    cfg = tiny_cfg("run.seed=3", "run.train_seed=4")
+    arrays = load_data(cfg.data, cfg.task.task)
+    modules = [ImageDataModule(cfg.data, arrays, seed=3, train_seed=s) for s in (3, 4)]
+    for m in modules:
+        m.setup()
+    for split in ("train", "val", "test"):
+        assert np.array_equal(modules[0].split_indices[split], modules[1].split_indices[split])
+    first = [next(iter(m.train_dataloader().sampler)) for m in modules]
+    assert first[0] != first[1]  # another shuffle order
+
+
 def test_fast_dev_run_needs_no_checkpoints(tiny_cfg):
     result = train.run(tiny_cfg("trainer.fast_dev_run=true"))
     assert "best_checkpoint" not in result and "loss/test" in result["test"]

@@ -150,7 +150,8 @@ def validate(cfg: Config) -> Config:
                        ("optimizer.scheduler.warmup_epochs", cfg.optimizer.scheduler.warmup_epochs),
                        ("task.label_smoothing", cfg.task.label_smoothing),
                        ("data.augment.crop_padding", cfg.data.augment.crop_padding),
-                       ("data.augment.cutout", cfg.data.augment.cutout)):
+                       ("data.augment.cutout", cfg.data.augment.cutout),
+                       ("run.train_seed", cfg.run.train_seed)):
         _positive(key, value, allow_zero=True)
     t = cfg.trainer
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):

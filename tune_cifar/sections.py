@@ -18,8 +18,16 @@ class RunConfig:
     predict: bool = False
     checkpoint_path: Optional[str] = None
     resume: bool = False  # with checkpoint_path: True resumes training state, False loads weights only
-    seed: int = 42
+    seed: int = 42  # the validation split and subsets; also training's draws unless train_seed is set
+    # weight init, shuffle order and augmentation draws; None: run.seed. A search's re-evaluation trains its best
+    # configurations again with other training seeds on the same validation split (search.final)
+    train_seed: Optional[int] = None
     output_dir: str = "outputs"
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of training's random draws (weights, shuffle order, augmentation)."""
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 @dataclass

@@ -66,7 +66,7 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
 
     Ctrl-C or SIGTERM while it fits or tests stops it at the end of the batch (``interrupted``: one line
     with the command that resumes it, built from ``argv``; exit 130)."""
-    pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    pl.seed_everything(cfg.run.training_seed, workers=True, verbose=False)  # weights; the split: run.seed
     preflight(cfg)  # before any download or folder
     check_output_dir(cfg.run.output_dir, "run.output_dir")
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)

@@ -194,8 +194,8 @@ def fit(cfg: Config, arrays: ImageArrays, out_dir: Path | None, callbacks: Seque
     seeded for), e.g. with transferred weights. ``trainer_overrides`` and ``prepare`` (applied to the
     Trainer before fitting): a data-parallel trial's strategy and Ray Train's ``prepare_trainer``."""
     if system is None:
-        pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed)
+        pl.seed_everything(cfg.run.training_seed, workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data, arrays, seed=cfg.run.seed, train_seed=cfg.run.training_seed)
     system = system if system is not None else build_system(cfg, arrays)
     trainer = build_trainer(cfg, out_dir, callbacks=callbacks, checkpointing=checkpointing, loggers=loggers,
                             enable_model_summary=summary, **trainer_overrides)

@@ -108,11 +108,16 @@ def _shard_batches(n: int, batch_size: int, rank: int, world: int) -> list[list[
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Train/val/test splits of an ImageArrays; seeded split, optional subsets."""
+    """Train/val/test splits of an ImageArrays; seeded split, optional subsets.
 
-    def __init__(self, cfg: DataConfig, arrays: ImageArrays, seed: int = 0, device: torch.device | None = None):
+    ``seed`` draws the splits (``run.seed``); ``train_seed`` the shuffle order and augmentation (``run.train_seed``,
+    default ``seed``): a run trained again with another training seed is scored on the same validation images."""
+
+    def __init__(self, cfg: DataConfig, arrays: ImageArrays, seed: int = 0, device: torch.device | None = None,
+                 train_seed: int | None = None):
         super().__init__()
         self.cfg, self.arrays, self.seed = cfg, arrays, seed
+        self.train_seed = seed if train_seed is None else train_seed
         self.device = device  # where to keep the data; default: decided by data.on_device and the trainer
         self.augment = Augment(cfg.augment.crop_padding, cfg.augment.flip, cfg.augment.cutout)
         self._splits: dict[str, _Batches] = {}
@@ -172,7 +177,7 @@ class ImageDataModule(pl.LightningDataModule):
             if batch_size % world:
                 raise UserError(f"config: data.train_batch_size={batch_size} is the global batch of {world} "
                                 f"processes; allowed: a multiple of {world}")
-            batches = _EpochBatches(len(ds), batch_size, drop_last, self.seed, rank, world)
+            batches = _EpochBatches(len(ds), batch_size, drop_last, self.train_seed, rank, world)
         elif world > 1:
             batches = _shard_batches(len(ds), batch_size, rank, world)
         else:
@@ -196,13 +201,14 @@ class ImageDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Augment training batches where they now live (the training device), with draws seeded by
-        (seed, epoch) like the shuffle order: a resumed run does not repeat its first epoch's crops."""
+        (training seed, epoch) like the shuffle order: a resumed run does not repeat its first epoch's crops."""
         if self.trainer is not None and self.trainer.training:
             x, y = batch
             epoch = self.trainer.current_epoch
             if self._augment_rng is None or self._augment_rng[0] != epoch or self._augment_rng[1].device != x.device:
                 rank = self._world()[0]  # each data-parallel process its own draws; the first as one process's
-                stream = epoch_seed(self.seed, epoch, 1) if rank == 0 else epoch_seed(self.seed, epoch, 1 + rank * 16)
+                s = self.train_seed
+                stream = epoch_seed(s, epoch, 1) if rank == 0 else epoch_seed(s, epoch, 1 + rank * 16)
                 gen = torch.Generator(device=x.device).manual_seed(stream)
                 self._augment_rng = (epoch, gen)
             batch = (self.augment(x, self._augment_rng[1]), y)

@@ -79,6 +79,7 @@ def evaluate(loaded: Loaded, cfg: Config, options: Options, device: torch.device
         "task": loaded.kind, "threshold": threshold, "device": str(device),
         **result,
         "reported": loaded.reported,
+        **({"reeval": loaded.reeval} if loaded.reeval else {}),
         "reported_on_this_split": bool(loaded.reported) and same_split(loaded, cfg),
         "timing": clock.as_dict(),
     }
@@ -116,6 +117,15 @@ def write_dataset_predictions(path: Path, ids: np.ndarray, logits: torch.Tensor,
             writer.writerow([int(ids[i]), truth, pred, int(truth == pred), *top_k_cells(per_class[i], k, classes)])
 
 
+def reeval_line(r: dict) -> str:
+    """The search's re-evaluation of the exported configuration (its metrics.json ``reeval``), in one line."""
+    def num(v) -> str:
+        return format(v, ".4f") if isinstance(v, (int, float)) else "n/a"
+
+    return (f"re-evaluated by the search: {r.get('metric', 'metric')} mean {num(r.get('mean'))} ± {num(r.get('se'))} "
+            f"(standard error) over n={r.get('n')} training runs of this configuration (validation split)")
+
+
 def print_evaluation(s: dict, out_dir: Path) -> None:
     d = s["data"]
     print(f"model: {s['source']['path']} ({s['source']['model']}, {s['task']}"
@@ -127,6 +137,8 @@ def print_evaluation(s: dict, out_dir: Path) -> None:
         tail = (f" (recorded with the model: {reported:.4f})" if s["reported_on_this_split"]
                 else f" (the model's recorded {reported:.4f} was measured on another split)")
     print(f"accuracy: {s['accuracy']:.4f}{tail}")
+    if s.get("reeval"):
+        print(reeval_line(s["reeval"]))
     if "exact_match" in s:
         print(f"exact match (all labels right): {s['exact_match']:.4f}")
     print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in s["metrics"].items()))

@@ -24,6 +24,8 @@ class Loaded:
     config: dict | None  # the resolved training config, None when not found
     reported: dict  # test metrics recorded with the model, e.g. {"accuracy/test": 0.9}
     home: Path  # predict/<timestamp> goes here by default
+    # a search's re-evaluation of the exported configuration (search.final): {"metric", "mean", "se", "n", ...}
+    reeval: dict | None = None
 
     @property
     def hparams(self) -> dict:
@@ -74,7 +76,9 @@ def load_export(path: Path) -> Loaded:
         raise UserError(f"{path} is not a tune_cifar export (no {MANIFEST}); for a training checkpoint "
                         f"use --checkpoint FILE")
     exp = read_export(path)
-    return Loaded(path, "export", exp.classifier, exp.config, _test_metrics(exp.metrics), home=_home_of_export(path))
+    reeval = exp.metrics.get("reeval")
+    return Loaded(path, "export", exp.classifier, exp.config, _test_metrics(exp.metrics), home=_home_of_export(path),
+                  reeval=reeval if isinstance(reeval, dict) else None)
 
 
 def load_checkpoint(path: Path) -> Loaded:

@@ -22,6 +22,9 @@ search sooner.
   population x max_epochs: ``num_samples = budget // max_epochs`` (at most ``num_samples`` when given),
   set when the settings are read.
 - ``search.time_budget_s`` is separate: Tune's wall-clock limit; whichever ends first ends the search.
+- **Re-evaluation** (``search.final``, final.py) runs after the trials, out of the same budget: it holds back
+  at most ``search.final.budget_share`` (25 %) of it, in whole runs of ``max_epochs`` (``final_sizes``: fewer
+  seeds first, down to one, then fewer configurations), and the trials spend the rest (``for_trials``).
 
 No Ray at import (settings read ``resolve``); ``wrap`` imports it.
 """
@@ -78,7 +81,7 @@ def wrap(searcher, s):
         raise UserError(f"search.budget.trial_epochs: search.scheduler.name={s.scheduler.name} searches with "
                         f"{type(searcher).__name__}, not a Ray Searcher, which the budget needs to decide when trials "
                         f"start; allowed: search.num_samples without a budget with this scheduler")
-    return _budget_search_class()(searcher, s.budget.trial_epochs, s.scheduler.max_epochs)
+    return _budget_search_class()(searcher, for_trials(s), s.scheduler.max_epochs)
 
 
 def charged(epochs: int) -> int:
@@ -90,12 +93,71 @@ def charged(epochs: int) -> int:
 def spent(s, grid) -> bool:
     """Whether the budget ended the search, counted from the trials of ``grid`` as BudgetSearch counts them
     (the epoch each last reported); False for a search that stopped before (interrupted)."""
-    return limited(s) and sum(charged((r.metrics or {}).get(EPOCH) or 0) for r in grid) >= s.budget.trial_epochs
+    return limited(s) and sum(charged((r.metrics or {}).get(EPOCH) or 0) for r in grid) >= for_trials(s)
 
 
 def text(s, epochs: int) -> str:
-    """``budget: 37/40 trial-epochs`` (the summary, best.json's reader, the interrupted line); "" without one."""
-    return f"budget: {epochs}/{s.budget.trial_epochs} trial-epochs" if s.budget.trial_epochs is not None else ""
+    """``budget: 37/40 trial-epochs`` (the summary, best.json's reader, the interrupted line); "" without one.
+    With re-evaluation, the trials' part and what it holds back: ``budget: 29/32 trial-epochs (+8 kept for
+    re-evaluation)``."""
+    if s.budget.trial_epochs is None:
+        return ""
+    kept = reserved(s)
+    return f"budget: {epochs}/{for_trials(s)} trial-epochs" + (f" (+{kept} kept for re-evaluation)" if kept else "")
+
+
+# --------------------------------------------------------------------------- the re-evaluation's share
+
+
+def final_off(s) -> str | None:
+    """Why re-evaluation (search.final, final.py) does not apply to this search, or None when it does (its
+    top_k aside)."""
+    from .registry import scheduler_parts
+
+    if len(s.objectives) > 1:
+        return ("several objectives have a Pareto front, not one best configuration to re-evaluate; the front is "
+                "exported as the trials found it")
+    if not scheduler_parts(s).reevaluates:
+        return (f"search.scheduler.name={s.scheduler.name} trains a population whose trials change hyperparameters "
+                f"in mid-training, so no trial is one configuration that could be trained again from scratch")
+    return None
+
+
+def reevaluates(s) -> bool:
+    """Whether the search re-evaluates its best configurations before the export (final.py)."""
+    return s.final.top_k > 0 and final_off(s) is None
+
+
+def final_sizes(s) -> tuple[int, int]:
+    """(configurations, training seeds each) that re-evaluation trains: ``search.final``'s; with a trial-epoch
+    budget as many runs of ``max_epochs`` as fit in ``final.budget_share`` of it, fewer seeds first (down to
+    one: several configurations compared is what picks the export), then fewer configurations. (0, 0) when it
+    is off or no run fits."""
+    if not reevaluates(s):
+        return 0, 0
+    k, n = s.final.top_k, s.final.seeds
+    if s.budget.trial_epochs is None:
+        return k, n
+    runs = int(s.budget.trial_epochs * s.final.budget_share) // s.scheduler.max_epochs
+    if runs >= k * n:
+        return k, n
+    if runs >= k:
+        return k, runs // k
+    return (runs, 1) if runs else (0, 0)
+
+
+def reserved(s) -> int:
+    """The trial-epochs a budget holds back for re-evaluation (0 without a budget or re-evaluation)."""
+    if s.budget.trial_epochs is None:
+        return 0
+    k, n = final_sizes(s)
+    return k * n * s.scheduler.max_epochs
+
+
+def for_trials(s) -> int | None:
+    """The trial-epochs the search's trials may spend: the budget less what re-evaluation holds back (None
+    without a budget)."""
+    return None if s.budget.trial_epochs is None else s.budget.trial_epochs - reserved(s)
 
 
 def __getattr__(name: str):

@@ -1,8 +1,9 @@
 """Hyperparameter search: ``python -m tune_cifar.search SPACE.yaml [overrides] [options]``.
 
 Runs Ray Tune trials (Optuna TPE or random search, ASHA or FIFO scheduling; or population-based
-training) over the parameters of a search-space file (schema: search_spaces/README.md), then
-exports the best trial's best checkpoint. Overrides are Hydra-style for the base config (``model=small_cnn``,
+training) over the parameters of a search-space file (schema: search_spaces/README.md), trains the best
+configurations again with new training seeds (``search.final``: final.py), then exports the best (mean)
+configuration's best checkpoint. Overrides are Hydra-style for the base config (``model=small_cnn``,
 ``data.train_subset=5000``) or ``search.key=value`` for the file's search section.
 
 Outputs under ``<storage_path>/<experiment>/``: ``<timestamp>/`` (Ray's trials, results.csv,
@@ -24,7 +25,7 @@ import yaml
 from ..atomic import NoSpaceLogFilter, disk_full_names, write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
-from . import budget, claim, cluster, interrupt, storage, trust
+from . import budget, claim, cluster, final, interrupt, storage, trust
 from .results import finish, interrupted, trial_statuses
 from .space import SearchSpace, check_measurable, load_space
 
@@ -134,10 +135,18 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         start = time.monotonic()
         # Tune logs a trial's failure with its whole remote traceback; for a full disk the search says it once
         logging.getLogger("ray.tune.execution.tune_controller").addFilter(NoSpaceLogFilter())
-        with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns
-            grid = tuner.fit()
+        if paths.resume and final.read_plan(paths) is not None:  # the re-evaluation had begun: the trials are done
+            grid, received = tuner.get_results(), None
+        else:
+            with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns
+                grid = tuner.fit()
         statuses = trial_statuses(grid)  # from the state Tune saved: running trials are still RUNNING there
-        stopped = bool(received) or interrupted(statuses, grid, s, time.monotonic() - start)
+        stopped = received is not None and (bool(received) or interrupted(statuses, grid, s,
+                                                                          time.monotonic() - start))
+        again = None  # re-evaluation of the best configurations (search.final): a second Tune experiment
+        if not stopped and budget.reevaluates(s):
+            again = final.run(plan, grid, statuses, trainable, concurrent, _trial_dirname)
+            stopped = again is not None and again.interrupted
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop ran
         return _interrupted(paths)
     except Exception as err:
@@ -147,7 +156,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         if started:
             ray.shutdown()
     try:
-        return finish(plan, grid, arrays, statuses, interrupted=stopped)
+        return finish(plan, grid, arrays, statuses, interrupted=stopped, reeval=again)
     except KeyboardInterrupt:  # while writing the reports or exporting: nothing exported
         return _interrupted(paths)
     except Exception as err:
@@ -167,7 +176,8 @@ def _drop_cut_checkpoints(paths: storage.RunPaths, err: BaseException) -> None:
 
     if not is_no_space(err) or paths.remote:
         return
-    for folder in Path(paths.ray_dir).glob("trial_*/checkpoint_*"):
+    run = Path(paths.ray_dir)
+    for folder in [*run.glob("trial_*/checkpoint_*"), *run.glob(f"{final.FOLDER}/trial_*/checkpoint_*")]:
         if not is_whole(checkpoint_file(folder)):
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -25,6 +25,9 @@ RESERVED = {
     "task.monitor": "search.metric",
     "task.monitor_mode": "search.mode",
 }
+# Not a hyperparameter: one value for the whole search (in base); re-evaluation (search.final, final.py) trains
+# the best configurations again with training seeds of its own.
+TRAIN_SEED = "run.train_seed"
 # The dataset is read once in the driver and shared by all trials: these cannot vary per trial (nor the
 # options the registered sources need, e.g. data.cifar100_labels: data.sources.source_keys()).
 LOADED_ONCE = ("data.name", "data.dataset_path", "data.download", "data.image_size", "data.label_groups",

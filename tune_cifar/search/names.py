@@ -8,6 +8,9 @@ from pathlib import Path
 
 STOP_REASON = "stop_reason"  # in the last report of a trial ended by a non-finite loss
 CHECKPOINT_FILE = "model.ckpt"  # inside each Ray checkpoint directory
+# A re-evaluation run's config key (final.py): {"of": the configuration's trial id, "seed": its training seed,
+# "values": the configuration's sampled values}
+REEVAL = "reeval"
 WORLD_SIZE = "world_size"  # reported by a multi-worker trial (distributed.py): the processes it trained on
 
 # User attributes of each Optuna trial: the results.csv trial_id, the run folder's name, its best epoch,

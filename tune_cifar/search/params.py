@@ -12,7 +12,7 @@ from typing import Optional
 from ..config import config_from_dict, set_dotted
 from ..data.sources import source_keys
 from ..errors import UserError, allowed, nonfinite
-from .keys import LOADED_ONCE, RESERVED, check_key
+from .keys import LOADED_ONCE, RESERVED, TRAIN_SEED, check_key
 
 KINDS = ("choice", "uniform", "loguniform", "int", "qint", "value")
 
@@ -149,6 +149,10 @@ def parse_param(where: str, key: str, spec, above: dict) -> Param:
     check_key(where, key)
     if key in RESERVED:
         raise UserError(f"{where}: {key} is set by the search, not sampled; use {RESERVED[key]}")
+    if key == TRAIN_SEED:
+        raise UserError(f"{where}: {key} is not a hyperparameter (a configuration is judged over several training "
+                        f"seeds); allowed: one value in base, and search.final.seeds for the seeds re-evaluation "
+                        f"trains the best configurations with")
     if any(key == k or key.startswith(k + ".") for k in (*LOADED_ONCE, *source_keys())):
         raise UserError(f"{where}: {key} changes the dataset, which is loaded once for all trials; "
                         f"set it in base (one dataset per search)")

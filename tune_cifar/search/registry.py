@@ -63,6 +63,8 @@ class SchedulerParts:
     - ``results_columns(reports, events) -> {column: value}``: extra results.csv columns of one trial
       (``reports``: its DataFrame of reports or None, ``events``: its trial_events); called once with
       ``(None, [])`` for the column names of an empty table.
+    - ``reevaluates``: whether a trial is one configuration that re-evaluation (``search.final``, final.py) can
+      train again from scratch (False for PBT: its trials change hyperparameters in mid-training).
     """
 
     build: Callable[[Any], Any]
@@ -76,6 +78,7 @@ class SchedulerParts:
     trial_callbacks: Optional[Callable[[Any], list]] = None
     trial_events: Optional[Callable[[Any], dict]] = None
     results_columns: Optional[Callable[[Any, list], dict]] = None
+    reevaluates: bool = True
 
     def __post_init__(self) -> None:
         if self.search_alg is None and not self.uses_study:
@@ -177,4 +180,5 @@ register_scheduler("pbt", SchedulerParts(
     build=_pbt.make_scheduler, search_alg=_pbt.search_alg, uses_study=False, population=True,
     min_checkpoints=_pbt.MIN_CHECKPOINTS,  # a donor's latest checkpoint must outlive its restore
     default_searcher="random", check_settings=_pbt.check_settings, check_space=_pbt.check_space,
-    trial_callbacks=_pbt.trial_callbacks, trial_events=_pbt.exploit_events, results_columns=_pbt.results_columns))
+    trial_callbacks=_pbt.trial_callbacks, trial_events=_pbt.exploit_events, results_columns=_pbt.results_columns,
+    reevaluates=False))

@@ -296,8 +296,11 @@ def summary_text(space: SearchSpace, table, top: int = 5) -> str:
 
 
 def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None = None,
-           interrupted: bool = False) -> dict:
-    """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics)."""
+           interrupted: bool = False, reeval=None) -> dict:
+    """results.csv, plots, printed summary, export of the best trial at its best epoch (+ test metrics).
+    ``reeval``: the re-evaluation of the best configurations (a final.Phase, used through its methods: final.py
+    imports this module): results.csv gains their scores, reeval.csv lists its runs, and the export is the best
+    mean's configuration."""
     from ..export import write_export
     from ..faults import driver_fault
     from ..training import quiet
@@ -309,35 +312,54 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     run_dir = paths.local
     run_dir.mkdir(parents=True, exist_ok=True)
     table = results_table(space, grid, statuses)
+    if reeval is not None:
+        table = reeval.score_table(space, table, run_dir)  # and reeval.csv
     write_text(run_dir / "results.csv", table.to_csv(index=False))
     print(summary_text(space, table), flush=True)
+    if reeval is not None:
+        print(reeval.summary(space, table, run_dir), flush=True)
     print(f"results: {run_dir / 'results.csv'}")
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
            "trial_epochs": _trial_epochs(table),
-           **({"budget": {"trial_epochs": s.budget.trial_epochs, "used": _trial_epochs(table)}}
+           **({"budget": {"trial_epochs": s.budget.trial_epochs, "used": _trial_epochs(table),
+                          "kept_for_reeval": budget.reserved(s)}}
               if s.budget.trial_epochs is not None else {}),
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
     out.update(study_report(space, paths, dict(zip(table["trial_id"].astype(str), table["status"]))))
+    if reeval is not None:
+        out["reeval"] = reeval.report(run_dir)
     if interrupted:
         storage.upload_reports(paths)
         done = (f"{len(table)} trials ({budget.text(s, _trial_epochs(table))})" if s.budget.trial_epochs is not None
                 else f"{len(table)} of {s.num_samples} trials")
-        print(f"search interrupted after {done}; nothing exported; continue it "
-              f"with: {storage.resume_command(paths)}", file=sys.stderr, flush=True)
+        when = reeval.progress() if reeval is not None else f"after {done}"
+        print(f"search interrupted {when}; nothing exported; continue it with: {storage.resume_command(paths)}",
+              file=sys.stderr, flush=True)
         return {**out, "interrupted": True}
     if len(s.objectives) > 1:  # the Pareto front exported, best/ by search.pick (front.py)
         return finish_front(plan, grid, arrays, table, out)
-    chosen = export_choice(space, grid, table)
+    record = None
+    if reeval is not None:  # the best mean's configuration, with its best run's weights
+        chosen, record = reeval.export_choice(space, grid, table)
+    else:
+        chosen = export_choice(space, grid, table)
     if chosen is None:
         first = next((r.error for r in grid if r.error), None)
         reason = f"; first error: {str(first).strip().splitlines()[-1][:200]}" if first else ""
         raise UserError(f"no completed or early-stopped trial reported {s.metric} with a checkpoint, nothing "
                         f"exported (see {run_dir}){reason}")
 
+    if record is not None:
+        seed = "the search's trial" if record["train_seed"] is None else f"training seed {record['train_seed']}"
+        se = "" if record["se"] is None else f" ± {record['se']:.4f}"
+        print(f"best configuration: trial {record['trial_id']}, {s.metric} mean {record['mean']:.4f}{se} (standard "
+              f"error) over n={record['n']} runs; its weights: run {record['weights_from']} ({seed})", flush=True)
     print(f"exporting trial {chosen[2].get('trial_id')} (epoch {chosen[2].get('training_iteration')}): test metrics",
           flush=True)
     driver_fault("export")  # test-only: hold the driver here
     classifier, cfg, values, metrics = trial_model(space, chosen, arrays)
+    if record is not None:
+        metrics["reeval"] = record
     # a signal now waits: the new export replaces the old one whole, or (interrupted) not at all
     with interrupt.deferred() as received:
         dest = write_export(paths.export_dir, classifier, config=cfg.to_dict(), metrics=metrics,
@@ -346,7 +368,9 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"best trial {metrics['trial_id']} at epoch {metrics['epoch']}: {shown}")
     print(f"exported: {dest} (latest: {paths.link_root / 'best'})")
-    out.update(best_trial=metrics["trial_id"], metrics=metrics, hyperparameters=values, export=str(dest))
+    # with re-evaluation, best_trial is the configuration's results.csv row; metrics' trial_id the weights' run
+    out.update(best_trial=record["trial_id"] if record else metrics["trial_id"], metrics=metrics,
+               hyperparameters=values, export=str(dest))
     write_text(run_dir / "best.json", json.dumps(out, indent=2, default=str))
     storage.upload_reports(paths)
     return out

@@ -72,6 +72,17 @@ class Budget:
 
 
 @dataclass
+class Final:
+    """Re-evaluation before export (final.py): the ``top_k`` best configurations trained again from scratch with
+    ``seeds`` new training seeds each; the export is the configuration with the best mean. ``top_k: 0``: off.
+    With ``budget.trial_epochs`` it gets at most ``budget_share`` of it (budget.final_sizes)."""
+
+    top_k: int = 3
+    seeds: int = 2
+    budget_share: float = 0.25
+
+
+@dataclass
 class SearchSettings:
     # a metric, or a list of them (several objectives: the Pareto front); default: the base's task.monitor.
     # Once parsed, metric and mode are the first objective's (ASHA stops on it, a trial's best epoch and the
@@ -96,6 +107,7 @@ class SearchSettings:
     local_path: Optional[str] = None  # with a URI storage_path: the driver's reports and export (default: outputs)
     optuna_storage: Optional[str] = None  # the Optuna study's database URL (default: <run folder>/optuna.db)
     optuna_study: Optional[str] = None  # its study name (default: the experiment name)
+    final: Final = field(default_factory=Final)  # re-evaluation of the best configurations before export
 
 
 def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
@@ -134,6 +146,10 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
         ("experiment", is_folder_name(s.experiment), FOLDER_NAME),
         ("optuna_storage", s.optuna_storage is None or "://" in s.optuna_storage,
          "null or a database URL such as sqlite:///optuna.db"),
+        ("final.top_k", _count(s.final.top_k, 0), "an integer >= 0 (0: no re-evaluation)"),
+        ("final.seeds", _count(s.final.seeds, 1), "an integer >= 1 (training seeds per re-evaluated configuration)"),
+        ("final.budget_share", 0 < s.final.budget_share < 1,
+         "a fraction in (0, 1): at most this share of search.budget.trial_epochs goes to re-evaluation"),
     ]
     for key, ok, what in checks:
         if not ok:
@@ -147,7 +163,16 @@ def parse_settings(where: str, data: dict, base: dict) -> SearchSettings:
                         f"{allowed(n for n, p in SCHEDULERS.items() if p.uses_study)} (or one metric)")
     if parts.check_settings:  # the scheduler's own values (e.g. PBT's); registered: checked above
         parts.check_settings(where, s)
+    given = (data.get("final") or {}) if isinstance(data.get("final"), dict) else {}
+    off = budget.final_off(s)
+    if given.get("top_k") and off:  # asked for in so many words: say it cannot be (the default is quiet)
+        raise UserError(f"{where}: search.final.top_k={s.final.top_k} is not allowed here: {off}; "
+                        f"allowed: search.final.top_k=0")
     return s
+
+
+def _count(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _objectives(where: str, data: dict, s: SearchSettings, base: dict, logged: set) -> None:

@@ -20,7 +20,8 @@ from ..config import Config, compose, config_from_dict, set_dotted, to_plain
 from ..errors import UserError, allowed, yaml_error
 from ..metrics import check_metrics
 from ..packaged import find_space
-from .keys import RESERVED, check_scoring, get_dotted
+from .keys import RESERVED, TRAIN_SEED, check_scoring, get_dotted
+from .names import REEVAL
 from .params import KINDS, Dist, Param, check_models, check_values, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
 from .registry import scheduler_parts
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
@@ -68,7 +69,11 @@ class SearchSpace:
         return out
 
     def values(self, config: dict) -> dict:
-        """{dotted key: value} of a trial's config (drops Optuna's internal names)."""
+        """{dotted key: value} of a trial's config (drops Optuna's internal names). A re-evaluation run's config
+        (final.py) holds a searched trial's values and a training seed of its own: ``run.train_seed`` too."""
+        point = config.get(REEVAL)
+        if isinstance(point, dict):
+            return {**self.values(point["values"]), TRAIN_SEED: point["seed"]}
         return {p.key: config[p.key] for p in self.params if p.key in config}
 
     def trial_dict(self, values: dict) -> dict:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 SEARCH_FILE = "search.yaml"  # written by the driver into each run folder before the trials start
 REPORT_FILES = ("search.yaml", "results.csv", "best.json", "learning_curves.png", "parallel_coordinates.png",
-                "param_importances.png", "optuna.db")
+                "param_importances.png", "optuna.db", "reeval.json", "reeval.csv")
 
 
 def is_uri(path: str | os.PathLike) -> bool:

@@ -1,0 +1,246 @@
+"""Re-evaluation before export (search.final, issue 18): the best configurations trained again with new training
+seeds, as a second Tune experiment in the run folder; the export is the best mean's configuration.
+
+One search on the user's path serves every Ray assertion: started in a subprocess of its own session, killed
+(SIGKILL to its process group) while its re-evaluation runs hang in epoch 2 (a test fault on their training
+seed, first attempt only), then continued with ``--resume`` in another subprocess; then ``predict --best``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import write_space
+from tune_cifar.faults import TEST_FAULTS_ENV
+
+TOP_K, SEEDS, EPOCHS, TRIALS = 2, 2, 2, 3
+FIRST_SEED = 43  # run.seed 42 (the config's default) + 1
+
+
+# --------------------------------------------------------------------------- the pick (no Ray)
+
+
+def test_the_export_is_the_best_mean_with_its_best_runs_weights():
+    from tune_cifar.search.final import choose, score
+
+    # the search ranks a (lucky 0.90) first; trained again it averages below b
+    groups = [("a", [("a", 0.90), ("a1", 0.70), ("a2", 0.72)]),
+              ("b", [("b", 0.85), ("b1", 0.84), ("b2", 0.86)])]
+    assert choose(groups, "max") == (1, 2)  # b's mean 0.85; its weights: b2, its best run
+    assert score([0.85, 0.84, 0.86]) == pytest.approx((0.85, 0.01 / math.sqrt(3), 3))
+    assert choose(groups, "min") == (0, 1)  # a loss: the lowest mean, its lowest run
+    # equal means: the search's order; equal values within one: the original trial
+    assert choose([("a", [("a", 0.8), ("a1", 0.8)]), ("b", [("b", 0.8), ("b1", 0.8)])], "max") == (0, 0)
+    # a configuration whose runs all failed is the original alone: n = 1, no standard error
+    mean, se, n = score([0.5])
+    assert (mean, n) == (0.5, 1) and math.isnan(se)
+
+
+def test_settings_say_when_re_evaluation_applies(tmp_path, cifar10_root, capsys):
+    from tune_cifar.search import main
+    from tune_cifar.search.budget import final_off, final_sizes, for_trials, reevaluates, reserved, text
+    from tune_cifar.search.space import load_space
+
+    path = write_space(tmp_path, cifar10_root, {"scheduler": {"max_epochs": 4}})
+    space = load_space(path, ["search.final.top_k=3", "search.final.seeds=2"])
+    assert reevaluates(space.search) and final_sizes(space.search) == (3, 2) and reserved(space.search) == 0
+    # with a trial-epoch budget: at most a quarter of it, in whole runs; fewer seeds first, then configurations
+    sized = {b: load_space(path, ["search.final.top_k=3", "search.final.seeds=2", f"search.budget.trial_epochs={b}"])
+             for b in (96, 64, 40, 20, 8)}
+    assert {b: final_sizes(sp.search) for b, sp in sized.items()} == {96: (3, 2), 64: (3, 1), 40: (2, 1),
+                                                                        20: (1, 1), 8: (0, 0)}
+    assert reserved(sized[64].search) == 12 and for_trials(sized[64].search) == 52
+    assert text(sized[64].search, 50) == "budget: 50/52 trial-epochs (+12 kept for re-evaluation)"
+    off = load_space(write_space(tmp_path, cifar10_root, {}), ["search.budget.trial_epochs=64"])
+    assert not reevaluates(off.search) and reserved(off.search) == 0 and for_trials(off.search) == 64  # top_k 0
+    # several objectives, PBT: off by default, without a word; asked for in so many words: refused
+    pareto = load_space(write_space(tmp_path, cifar10_root, {"metric": ["accuracy/val", "model/params"],
+                                                             "final": {"top_k": 0}}))
+    assert "Pareto front" in final_off(pareto.search)
+    from tune_cifar.search.registry import SCHEDULERS
+
+    assert not SCHEDULERS["pbt"].reevaluates and SCHEDULERS["asha"].reevaluates  # PBT: a population
+    for bad, why in [("search.final.top_k=-1", "search.final.top_k=-1 is not allowed; allowed: an integer >= 0"),
+                     ("search.final.seeds=0", "search.final.seeds=0 is not allowed; allowed: an integer >= 1"),
+                     ("search.final.budget_share=1", "search.final.budget_share=1 is not allowed; allowed: a "
+                                                     "fraction in (0, 1)"),
+                     ("search.final.top_k=2", "search.final.top_k=2 is not allowed here: several objectives")]:
+        path = write_space(tmp_path, cifar10_root, {"metric": ["accuracy/val", "model/params"]}
+                           if "here" in why else {})
+        with pytest.raises(SystemExit) as exit_:
+            main([str(path), bad])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and why in err, err
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("key", ["run.seed", "run.train_seed"])
+def test_seeds_are_not_searched(tmp_path, cifar10_root, capsys, key):
+    """run.seed draws the validation split; run.train_seed is what re-evaluation varies: neither is a parameter."""
+    from tune_cifar.search import main
+
+    path = write_space(tmp_path, cifar10_root, {})
+    doc = yaml.safe_load(path.read_text())
+    doc["params"][key] = {"choice": [1, 2]}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and f"params.{key}: {key} " in err, err
+    assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- one search, killed and resumed
+
+
+def _rows(progress: Path) -> int:
+    try:
+        return len(pd.read_csv(progress))
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, FileNotFoundError):
+        return 0
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL to every process of the session the search started (its Ray processes too)."""
+    out = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+    for pid in (int(p) for p in out.split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _snapshot_after(folder: Path, after: float) -> bool:
+    return max((f.stat().st_mtime for f in folder.glob("experiment_state-*.json")), default=0) > after + 0.1
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory, cifar10_root):
+    tmp = tmp_path_factory.mktemp("reeval")
+    path = write_space(tmp, cifar10_root, {
+        "num_samples": TRIALS, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "scheduler": {"name": "asha", "max_epochs": EPOCHS, "grace_period": 1, "reduction_factor": 2},
+        "searcher": {"name": "random", "seed": 0}, "final": {"top_k": TOP_K, "seeds": SEEDS}})
+    # the re-evaluation runs of the first training seed hang in epoch 2, on their first attempt only
+    faults = [{"when": {"run.train_seed": FIRST_SEED}, "epoch": 2, "fault": "sleep", "times": 1,
+               "state_dir": str(tmp / "faults")}]
+    env = {**os.environ, TEST_FAULTS_ENV: json.dumps(faults), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    exp = tmp / "outputs" / "tiny"
+    log = open(tmp / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(path)], cwd=tmp, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert time.monotonic() < deadline, (tmp / "first.log").read_text()[-3000:]
+            assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
+            runs = [d for d in exp.glob("*/reeval")]
+            hung = [p for p in exp.glob("*/reeval/trial_*/progress.csv") if _rows(p) == 1]
+            if runs and len(hung) == TOP_K:  # every first-seed run in epoch 2
+                break
+            time.sleep(0.3)
+        seen = time.time()
+        while not _snapshot_after(runs[0], seen):  # Tune's snapshot holds them: what --resume continues from
+            assert time.monotonic() < deadline, "no snapshot of the re-evaluation"
+            time.sleep(0.2)
+    finally:
+        _kill_session(proc)
+        proc.wait(30)
+        log.close()
+    run = runs[0].parent
+    main_trials = {p.parent.name: p.read_text() for p in run.glob("trial_*/progress.csv")}
+    before = SimpleNamespace(results=(run / "results.csv").exists(), plan=(run / "reeval.json").is_file(),
+                             exported=(exp / "best").exists(),
+                             reeval_rows=sorted(_rows(p) for p in run.glob("reeval/trial_*/progress.csv")))
+    resumed = subprocess.run([sys.executable, "-m", "tune_cifar.search", str(path), "--resume"], cwd=tmp,
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    predicted = subprocess.run([sys.executable, "-m", "tune_cifar.predict", "--best", "--output-dir",
+                                str(tmp / "outputs")], cwd=tmp, capture_output=True, text=True, timeout=300)
+    return SimpleNamespace(tmp=tmp, run=run, exp=exp, before=before, main_trials=main_trials, resumed=resumed,
+                           predicted=predicted, results=pd.read_csv(run / "results.csv"),
+                           runs=pd.read_csv(run / "reeval.csv"))
+
+
+def test_a_search_killed_during_re_evaluation_resumes_it_without_rerunning_its_trials(search):
+    import optuna
+
+    run = search.run
+    # killed in the re-evaluation: its plan written, nothing exported, the hung runs one epoch in
+    assert search.before.plan and not search.before.results and not search.before.exported
+    assert search.before.reeval_rows.count(1) == TOP_K
+    assert "resuming the re-evaluation" in search.resumed.stdout
+    # the search's trials were not run again: their folders and reports as they were, no new one
+    assert {p.parent.name: p.read_text() for p in run.glob("trial_*/progress.csv")} == search.main_trials
+    assert len(search.main_trials) == TRIALS == len(search.results)
+    # the study holds the search's trials only: re-evaluation runs are not told to the searcher
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'optuna.db'}")
+    assert len(study.trials) == TRIALS and "RUNNING" not in {t.state.name for t in study.trials}
+    # every re-evaluation run trained each epoch once (the hung ones resumed from their epoch-1 checkpoint)
+    progress = list(run.glob("reeval/trial_*/progress.csv"))
+    assert len(progress) == TOP_K * SEEDS
+    for p in progress:
+        assert list(pd.read_csv(p)["training_iteration"]) == list(range(1, EPOCHS + 1)), p
+
+
+def test_re_evaluated_configurations_have_their_mean_in_results_csv(search):
+    table, runs = search.results, search.runs
+    # reeval.csv: each chosen configuration once per new training seed, every run to its full epochs (FIFO)
+    assert len(runs) == TOP_K * SEEDS and set(runs["status"]) == {"completed"} and set(runs["epochs"]) == {EPOCHS}
+    assert sorted(runs["train_seed"].unique()) == [FIRST_SEED + j for j in range(SEEDS)]
+    chosen = table[table["status"].isin(["completed", "stopped early"])].head(TOP_K)["trial_id"].astype(str)
+    assert sorted(runs["configuration"].astype(str).unique()) == sorted(chosen)
+    assert runs.groupby("configuration").size().eq(SEEDS).all()
+    # results.csv: mean, standard error and n over the original trial and its runs, on those rows only
+    scored = table[table["reeval_n"].notna()]
+    assert sorted(scored["trial_id"].astype(str)) == sorted(chosen) and set(scored["reeval_n"]) == {SEEDS + 1}
+    for row in scored.to_dict("records"):
+        values = pd.Series([row["accuracy/val"],
+                            *runs[runs["configuration"].astype(str) == str(row["trial_id"])]["accuracy/val"]])
+        assert row["reeval_mean"] == pytest.approx(values.mean())
+        assert row["reeval_se"] == pytest.approx(values.std(ddof=1) / math.sqrt(len(values)))
+    assert table["reeval_mean"].isna().sum() == TRIALS - TOP_K
+    out = search.resumed.stdout
+    assert f"re-evaluation: the top {TOP_K} configurations by accuracy/val" in out
+    assert f"{TOP_K * SEEDS} of {TOP_K * SEEDS} more trials" in out
+
+
+def test_the_export_is_the_best_mean_and_predict_shows_it(search):
+    from tune_cifar.export import read_export
+
+    table, runs = search.results, search.runs
+    scored = table[table["reeval_n"].notna()]
+    best = scored.loc[scored["reeval_mean"].idxmax()]
+    exp = read_export(search.exp / "best")
+    reeval = exp.metrics["reeval"]
+    assert reeval["n"] == SEEDS + 1 and reeval["trial_id"] == str(best["trial_id"])
+    assert reeval["mean"] == pytest.approx(best["reeval_mean"]) and reeval["se"] == pytest.approx(best["reeval_se"])
+    # its weights: the configuration's run with the best validation value, the original trial first among equals
+    mine = runs[runs["configuration"].astype(str) == str(best["trial_id"])]
+    candidates = [(str(best["trial_id"]), best["accuracy/val"], None),
+                  *zip(mine["trial_id"].astype(str), mine["accuracy/val"], mine["train_seed"])]
+    top = max(v for _, v, _ in candidates)
+    weights, value, seed = next(c for c in candidates if c[1] == top)
+    assert reeval["weights_from"] == weights == exp.metrics["trial_id"]
+    assert exp.metrics["accuracy/val"] == pytest.approx(value)
+    assert exp.config["run"]["train_seed"] == (None if seed is None else int(seed))  # the seed it trained with
+    assert exp.config["run"]["seed"] == 42  # the validation split: the search's
+    best_json = json.loads((search.run / "best.json").read_text())
+    assert best_json["best_trial"] == str(best["trial_id"])
+    # predict --best prints it, and keeps it in its metrics.json
+    assert search.predicted.returncode == 0, search.predicted.stderr[-2000:]
+    assert (f"re-evaluated by the search: accuracy/val mean {reeval['mean']:.4f} ± {reeval['se']:.4f} "
+            f"(standard error) over n={SEEDS + 1}") in search.predicted.stdout
+    (written,) = (search.exp / "predict").glob("*/metrics.json")
+    assert json.loads(written.read_text())["reeval"]["mean"] == pytest.approx(reeval["mean"])
