@@ -26,7 +26,7 @@ import yaml
 from conftest import write_space
 from tune_cifar.faults import TEST_FAULTS_ENV
 
-TOP_K, SEEDS, EPOCHS, TRIALS = 2, 2, 2, 3
+TOP_K, SEEDS, EPOCHS, TRIALS, BUDGET = 2, 2, 2, 3, 16  # TRIALS: num_samples, a cap within the budget
 FIRST_SEED = 43  # run.seed 42 (the config's default) + 1
 
 
@@ -75,7 +75,7 @@ def test_settings_say_when_re_evaluation_applies(tmp_path, cifar10_root, capsys)
     assert not SCHEDULERS["pbt"].reevaluates and SCHEDULERS["asha"].reevaluates  # PBT: a population
     for bad, why in [("search.final.top_k=-1", "search.final.top_k=-1 is not allowed; allowed: an integer >= 0"),
                      ("search.final.seeds=0", "search.final.seeds=0 is not allowed; allowed: an integer >= 1"),
-                     ("search.final.budget_share=1", "search.final.budget_share=1 is not allowed; allowed: a "
+                     ("search.final.budget_share=1", "search.final.budget_share=1.0 is not allowed; allowed: a "
                                                      "fraction in (0, 1)"),
                      ("search.final.top_k=2", "search.final.top_k=2 is not allowed here: several objectives")]:
         path = write_space(tmp_path, cifar10_root, {"metric": ["accuracy/val", "model/params"]}
@@ -131,7 +131,9 @@ def search(tmp_path_factory, cifar10_root):
     path = write_space(tmp, cifar10_root, {
         "num_samples": TRIALS, "max_concurrent_trials": 2, "resources": {"cpu": 1},
         "scheduler": {"name": "asha", "max_epochs": EPOCHS, "grace_period": 1, "reduction_factor": 2},
-        "searcher": {"name": "random", "seed": 0}, "final": {"top_k": TOP_K, "seeds": SEEDS}})
+        "searcher": {"name": "random", "seed": 0},
+        # a budget: re-evaluation is held back out of it (half here, so that its 2 x 2 runs of 2 epochs fit)
+        "budget": {"trial_epochs": BUDGET}, "final": {"top_k": TOP_K, "seeds": SEEDS, "budget_share": 0.5}})
     # the re-evaluation runs of the first training seed hang in epoch 2, on their first attempt only
     faults = [{"when": {"run.train_seed": FIRST_SEED}, "epoch": 2, "fault": "sleep", "times": 1,
                "state_dir": str(tmp / "faults")}]
@@ -214,6 +216,10 @@ def test_re_evaluated_configurations_have_their_mean_in_results_csv(search):
     out = search.resumed.stdout
     assert f"re-evaluation: the top {TOP_K} configurations by accuracy/val" in out
     assert f"{TOP_K * SEEDS} of {TOP_K * SEEDS} more trials" in out
+    # paid out of the budget: the runs' epochs were held back, and all epochs stay within it (+ a trial's - 1)
+    kept = TOP_K * SEEDS * EPOCHS
+    assert f"/{BUDGET - kept} trial-epochs (+{kept} kept for re-evaluation)" in out
+    assert table["epochs"].sum() + runs["epochs"].sum() <= BUDGET + EPOCHS - 1
 
 
 def test_the_export_is_the_best_mean_and_predict_shows_it(search):
