@@ -182,8 +182,8 @@ def run(plan_run: storage.RunPlan, grid, statuses: dict, trainable, concurrent: 
                                    restart_errored=False)
     else:
         print(f"re-evaluating the top {len(plan['configurations'])} configurations by {s.metric} with "
-              f"{len(plan['train_seeds'])} new training seeds each ({', '.join(map(str, plan['train_seeds']))}): "
-              f"{runs} more trials of {s.scheduler.max_epochs} epochs in {folder}", flush=True)
+              f"{_seeds(plan['train_seeds'])} each: {runs} more trials of {s.scheduler.max_epochs} epochs in {folder}",
+              flush=True)
         from ray.tune.schedulers import FIFOScheduler
 
         tuner = tune.Tuner(
@@ -280,14 +280,19 @@ def with_scores(table, found: list[tuple[str, list[tuple[str, float]]]]):
     return table
 
 
+def _seeds(seeds: list[int]) -> str:
+    """``2 new training seeds (43, 44)``, ``1 new training seed (43)``."""
+    return f"{len(seeds)} new training seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+
+
 def summary_text(space, phase: Phase, table, runs, run_dir) -> str:
     """The printed lines on the re-evaluation: what it cost, where it is, each configuration's mean."""
     s = space.search
     seeds, k = phase.plan["train_seeds"], len(phase.plan["configurations"])
     epochs = int(runs["epochs"].sum()) if len(runs) else 0
     shown = table[table[N].notna()][["trial_id", s.metric, MEAN, SE, N]]
-    return (f"re-evaluation: the top {k} configurations by {s.metric} trained again from scratch with {len(seeds)} "
-            f"new training seeds each ({', '.join(map(str, seeds))}; the validation split unchanged): {len(runs)} of "
+    return (f"re-evaluation: the top {k} configurations by {s.metric} trained again from scratch with "
+            f"{_seeds(seeds)} each (the validation split unchanged): {len(runs)} of "
             f"{k * len(seeds)} more trials, {epochs} trial-epochs, in {run_dir}/{FOLDER}/ and {CSV} (not told to the "
             f"searcher); mean over the original trial and its completed runs:\n"
             + shown.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
