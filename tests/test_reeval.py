@@ -1,9 +1,10 @@
 """Re-evaluation before export (search.final, issue 18): the best configurations trained again with new training
 seeds, as a second Tune experiment in the run folder; the export is the best mean's configuration.
 
-One search on the user's path serves every Ray assertion: started in a subprocess of its own session, killed
-(SIGKILL to its process group) while its re-evaluation runs hang in epoch 2 (a test fault on their training
-seed, first attempt only), then continued with ``--resume`` in another subprocess; then ``predict --best``.
+One search on the user's path serves every Ray assertion: started in a subprocess of its own session, stopped by
+SIGTERM while its first-seed re-evaluation runs are held in epoch 2 (a test fault on their training seed, first
+attempt only), resumed and SIGKILLed (its whole session) while the second-seed runs are held, then resumed to the
+end; then ``predict --best``.
 """
 
 from __future__ import annotations
@@ -125,8 +126,25 @@ def _snapshot_after(folder: Path, after: float) -> bool:
     return max((f.stat().st_mtime for f in folder.glob("experiment_state-*.json")), default=0) > after + 0.1
 
 
+def _start(path: Path, tmp: Path, env: dict, name: str, *args: str) -> subprocess.Popen:
+    log = open(tmp / f"{name}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(path), *args], cwd=tmp, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def _until(cond, proc: subprocess.Popen, log: Path, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, f"the search ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"not {what} in {timeout} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def search(tmp_path_factory, cifar10_root):
+    """The search, SIGTERM while its first-seed re-evaluation runs hang in epoch 2 (graceful: exit 130);
+    ``--resume``, SIGKILL to its session while the second-seed runs hang in epoch 2; ``--resume`` to the end;
+    ``predict --best``. Each fault holds a run on its first attempt only."""
     tmp = tmp_path_factory.mktemp("reeval")
     path = write_space(tmp, cifar10_root, {
         "num_samples": TRIALS, "max_concurrent_trials": 2, "resources": {"cpu": 1},
@@ -136,62 +154,65 @@ def search(tmp_path_factory, cifar10_root):
         "budget": {"trial_epochs": BUDGET}, "final": {"top_k": TOP_K, "seeds": SEEDS, "budget_share": 0.5}},
         # learning rates that learn in 2 epochs on the tiny data (sampled ones may not, and tie at chance)
         points=[{"optimizer.optimizer": "adamw", "optimizer.lr": lr} for lr in (0.02, 0.01, 0.005)], searcher="random")
-    # the re-evaluation runs of the first training seed hang in epoch 2, on their first attempt only
-    faults = [{"when": {"run.train_seed": FIRST_SEED}, "epoch": 2, "fault": "sleep", "times": 1,
-               "state_dir": str(tmp / "faults")}]
+    faults = [{"when": {"run.train_seed": seed}, "epoch": 2, "fault": "sleep", "seconds": 600, "times": 1,
+               "state_dir": str(tmp / "faults")} for seed in (FIRST_SEED, FIRST_SEED + 1)]
     env = {**os.environ, TEST_FAULTS_ENV: json.dumps(faults), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     exp = tmp / "outputs" / "tiny"
-    log = open(tmp / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tune_cifar.search", str(path)], cwd=tmp, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert time.monotonic() < deadline, (tmp / "first.log").read_text()[-3000:]
-            assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
-            runs = [d for d in exp.glob("*/reeval")]
-            hung = [p for p in exp.glob("*/reeval/trial_*/progress.csv") if _rows(p) == 1]
-            if runs and len(hung) == TOP_K:  # every first-seed run in epoch 2
-                break
-            time.sleep(0.3)
-        seen = time.time()
-        while not _snapshot_after(runs[0], seen):  # Tune's snapshot holds them: what --resume continues from
-            assert time.monotonic() < deadline, "no snapshot of the re-evaluation"
-            time.sleep(0.2)
+
+    def rows() -> list[int]:  # each re-evaluation run's epochs reported
+        return sorted(_rows(p) for p in exp.glob("*/reeval/trial_*/progress.csv"))
+
+    first = _start(path, tmp, env, "first")
+    try:  # both first-seed runs in epoch 2 (2 at a time: the second-seed runs wait)
+        _until(lambda: rows() == [1] * TOP_K, first, tmp / "first.log", "the first-seed runs hang")
+        first.send_signal(signal.SIGTERM)  # a batch scheduler's SIGTERM: Tune saves its state, the search stops
+        code = first.wait(150)
     finally:
-        _kill_session(proc)
-        proc.wait(30)
-        log.close()
-    run = runs[0].parent
+        _kill_session(first)
+    (run,) = [d.parent for d in exp.glob("*/reeval")]
     main_trials = {p.parent.name: p.read_text() for p in run.glob("trial_*/progress.csv")}
-    before = SimpleNamespace(results=(run / "results.csv").exists(), plan=(run / "reeval.json").is_file(),
-                             exported=(exp / "best").exists(),
-                             reeval_rows=sorted(_rows(p) for p in run.glob("reeval/trial_*/progress.csv")))
+    stopped = SimpleNamespace(code=code, log=(tmp / "first.log").read_text(), exported=(exp / "best").exists(),
+                              results=(run / "results.csv").is_file(), plan=(run / "reeval.json").is_file())
+
+    second = _start(path, tmp, env, "second", "--resume")
+    try:  # the first-seed runs finish, both second-seed runs in epoch 2; Tune's snapshot holds that
+        _until(lambda: rows() == [1] * TOP_K + [2] * TOP_K, second, tmp / "second.log", "the second-seed runs hang")
+        seen = time.time()
+        _until(lambda: _snapshot_after(run / "reeval", seen), second, tmp / "second.log", "a snapshot")
+    finally:
+        _kill_session(second)
+        second.wait(30)
+    killed = SimpleNamespace(log=(tmp / "second.log").read_text(), exported=(exp / "best").exists(), rows=rows())
+
     resumed = subprocess.run([sys.executable, "-m", "tune_cifar.search", str(path), "--resume"], cwd=tmp,
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     predicted = subprocess.run([sys.executable, "-m", "tune_cifar.predict", "--best", "--output-dir",
                                 str(tmp / "outputs")], cwd=tmp, capture_output=True, text=True, timeout=300)
-    return SimpleNamespace(tmp=tmp, run=run, exp=exp, before=before, main_trials=main_trials, resumed=resumed,
-                           predicted=predicted, results=pd.read_csv(run / "results.csv"),
-                           runs=pd.read_csv(run / "reeval.csv"))
+    return SimpleNamespace(tmp=tmp, run=run, exp=exp, path=path, stopped=stopped, killed=killed,
+                           main_trials=main_trials, resumed=resumed, predicted=predicted,
+                           results=pd.read_csv(run / "results.csv"), runs=pd.read_csv(run / "reeval.csv"))
 
 
-def test_a_search_killed_during_re_evaluation_resumes_it_without_rerunning_its_trials(search):
+def test_a_search_stopped_or_killed_during_re_evaluation_resumes_it_without_rerunning_its_trials(search):
     import optuna
 
     run = search.run
-    # killed in the re-evaluation: its plan written, nothing exported, the hung runs one epoch in
-    assert search.before.plan and not search.before.results and not search.before.exported
-    assert search.before.reeval_rows.count(1) == TOP_K
-    assert "resuming the re-evaluation" in search.resumed.stdout
+    # SIGTERM in the re-evaluation: exit 130, the line says where and how to go on, nothing exported
+    assert search.stopped.code == 130, search.stopped.log[-3000:]
+    assert "search interrupted during the re-evaluation" in search.stopped.log
+    assert f"continue it with: python -m tune_cifar.search {search.path} --resume" in search.stopped.log
+    assert search.stopped.plan and search.stopped.results and not search.stopped.exported
+    # each --resume continued the re-evaluation; killed, nothing exported
+    assert "resuming the re-evaluation" in search.killed.log and "resuming the re-evaluation" in search.resumed.stdout
+    assert not search.killed.exported and search.killed.rows == [1] * TOP_K + [2] * TOP_K
     # the search's trials were not run again: their folders and reports as they were, no new one
     assert {p.parent.name: p.read_text() for p in run.glob("trial_*/progress.csv")} == search.main_trials
     assert len(search.main_trials) == TRIALS == len(search.results)
     # the study holds the search's trials only: re-evaluation runs are not told to the searcher
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'optuna.db'}")
     assert len(study.trials) == TRIALS and "RUNNING" not in {t.state.name for t in study.trials}
-    # every re-evaluation run trained each epoch once (the hung ones resumed from their epoch-1 checkpoint)
+    # every re-evaluation run trained each epoch once (the held ones continued from their epoch-1 checkpoint)
     progress = list(run.glob("reeval/trial_*/progress.csv"))
     assert len(progress) == TOP_K * SEEDS
     for p in progress:
