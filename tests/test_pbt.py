@@ -157,7 +157,7 @@ def test_pbt_search_exploits_keeps_the_mutation_and_exports_a_trials_own_best(tm
         "num_samples": 4, "resources": {"cpu": 1}, "scheduler": {"name": "pbt", "max_epochs": 4, "perturbation_interval": 1},
         "searcher": {"name": "random", "seed": 0,
                      "points_to_evaluate": [strong, {"optimizer.lr": 0.005}, weak, {"optimizer.lr": 2e-5}]}})
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(load_space(path))
     finally:

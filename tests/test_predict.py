@@ -475,7 +475,7 @@ def test_moved_export_of_a_real_search(cifar10_root, tmp_path):
                    "max_concurrent_trials": 2, "resources": {"cpu": 1},
                    "scheduler": {"name": "fifo", "max_epochs": 2}, "final": {"top_k": 0}},
     }, sort_keys=False))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(load_space(space))
     finally:

@@ -179,7 +179,7 @@ def test_new_name_run_resumes_with_the_command_it_records(tmp_path, data_root):
     old = tmp_path / "outputs" / "tiny" / "2026-01-01_00-00-00"
     old.mkdir(parents=True)
     (old / "search.yaml").write_text("search: {}\n")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(load_space(path), new_name=True)
         run = Path(out["run_dir"])
@@ -273,7 +273,7 @@ def test_failing_trials_are_recorded_and_the_best_of_the_rest_is_exported(tmp_pa
         "num_samples": 4, "max_concurrent_trials": 2, "resources": {"cpu": 1}, "max_failures": 1,
         "scheduler": {"name": "fifo", "max_epochs": 2}, "optuna_storage": f"sqlite:///{db}",
     }, points=[point(lr) for lr in (NAN, CRASH, TRANSIENT, 0.01)])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(load_space(path))
     finally:

@@ -57,7 +57,7 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
         "num_samples": 4, "max_concurrent_trials": 2, "resources": {"cpu": 1},
         "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2},
     }, points=[STRONG, {**STRONG, "optimizer.lr": 0.005}, WEAK, {**WEAK, "optimizer.optimizer": "adamw"}])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(load_space(path))
         # What tune.with_parameters hands a trial (one ray.put): a read-only view of the object store.
@@ -159,7 +159,7 @@ def test_a_registered_scheduler_and_searcher_are_one_function_each(tmp_path, dat
         path = space_file(tmp_path, data_root, {"num_samples": 2, "max_concurrent_trials": 1,
                                                 "scheduler": {"name": "toy_fifo", "max_epochs": 2},
                                                 "searcher": {"name": "toy_random"}})
-        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
         try:
             out = run_search(load_space(path))
         finally:

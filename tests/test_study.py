@@ -189,7 +189,7 @@ def test_asha_search_study_agrees_with_results_csv(tmp_path, data_root, capsys):
         "num_samples": 6, "max_concurrent_trials": 2, "resources": {"cpu": 1},
         "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2}},
         points=[STRONG, WEAK, {**STRONG, "optimizer.lr": 0.005}, {**WEAK, "optimizer.optimizer": "adamw"}])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         out = run_search(space)
     finally:
