@@ -671,3 +671,23 @@ def test_predict_to_onnx_into_a_folder_nobody_can_write(trained):
     """The folder is named (before: the exporter was blamed for what was the folder's fault)."""
     proc = cli("predict", "--checkpoint", trained["best"], "--to", "onnx", "--out", "/proc/1/model")
     refused(proc, "predict", "--out=/proc/1/model: /proc/1 is not writable", "allowed: a folder you can write to")
+
+
+# --------------------------------------------------------------------------- refused before the heavy imports
+
+
+@pytest.mark.parametrize("prog, args", [
+    ("train", ["model.nope=1"]),
+    ("search", ["search_spaces/cpu_small.yaml", "search.nope=1"]),
+], ids=["train", "search"])
+def test_a_config_refusal_answers_before_torch_is_imported(prog, args):
+    """A mistyped key is refused from the config alone: torch, Lightning and Ray (seconds of imports, most of
+    a bad command's wait, and of the suite's) are imported only once the config is read. Counted with
+    python -X importtime, not timed."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"tune_cifar.{prog}", *args], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "tune_cifar.config" in imported  # the config was read, in this process
+    assert not imported & {"torch", "pytorch_lightning", "ray"}, sorted(imported & {"torch", "pytorch_lightning", "ray"})

@@ -13,12 +13,6 @@ from .errors import UserError
 
 REQUIRED_HPARAMS = {"model_spec", "task", "input_spec"}
 
-TASK_KIND = {  # task.task -> the kind torchmetrics and the losses know
-    "classification_binary": "binary",
-    "classification_multiclass": "multiclass",
-    "classification_multilabel": "multilabel",
-}
-
 
 def read_checkpoint(path: str | Path) -> dict:
     """A tune_cifar weights file (export model.pt or Lightning checkpoint), read with weights_only=True."""

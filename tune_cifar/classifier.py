@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import TASK_KIND, normalization_buffers, normalize, read_checkpoint
+from .checkpoint import normalization_buffers, normalize, read_checkpoint
+from .sections import TASK_KIND
 from .config import TaskConfig, build_section
 from .data.arrays import preview
 from .errors import UserError

@@ -28,9 +28,7 @@ import torch
 from .classifier import Classifier
 from .evaluation import infer
 
-PARAMS, FLOPS, LATENCY, LATENCY_IQR = "model/params", "model/flops", "model/latency_ms", "model/latency_iqr_ms"
-COST_METRICS = (PARAMS, FLOPS, LATENCY)  # what a search may name as an objective
-REPORTED = (*COST_METRICS, LATENCY_IQR)  # what a trial reports with every epoch
+from .metrics import COST_METRICS, FLOPS, LATENCY, LATENCY_IQR, PARAMS, REPORTED  # noqa: F401 - the names
 
 WARMUP, RUNS, THREADS = 5, 30, 1  # the defaults: 30 timed batch-1 calls (>= 20) on one thread
 

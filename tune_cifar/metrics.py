@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-from .checkpoint import TASK_KIND
 from .config import Config, TaskConfig
+from .sections import TASK_KIND
 from .errors import UserError, allowed
 
 if TYPE_CHECKING:
+    import torch
     import torchmetrics
+
+# The model's costs, measured by tune_cifar/cost.py: their names live here, with no torch, for the settings
+PARAMS, FLOPS, LATENCY, LATENCY_IQR = "model/params", "model/flops", "model/latency_ms", "model/latency_iqr_ms"
+COST_METRICS = (PARAMS, FLOPS, LATENCY)  # what a search may name as an objective
+REPORTED = (*COST_METRICS, LATENCY_IQR)  # what a trial reports with every epoch
 
 METRICS = {  # config name -> torchmetrics class name
     "accuracy": "Accuracy",
@@ -83,6 +86,7 @@ def in_stage(key, stage: str) -> bool:
 def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """The training loss (also predict's loss/test): softmax cross-entropy (multiclass) or binary
     cross-entropy per sigmoid output, where smoothing makes the targets s/2 and 1 - s/2."""
+    import torch.nn.functional as F  # here, not at the top: the search's and predict's checks use the names only
     if kind == "multiclass":
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     if kind == "binary":

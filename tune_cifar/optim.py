@@ -29,15 +29,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
 from .registry import registrar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the builders, when called: reading a config's names needs no torch
+    import torch
+
     from .sections import OptimizerConfig, SchedulerConfig
 
-OptimizerFactory = Callable[[list, "OptimizerConfig"], torch.optim.Optimizer]
-ScheduleFactory = Callable[[torch.optim.Optimizer, "OptimizerConfig", "Steps"], torch.optim.lr_scheduler.LRScheduler]
+OptimizerFactory = Callable[[list, "OptimizerConfig"], "torch.optim.Optimizer"]
+ScheduleFactory = Callable[["torch.optim.Optimizer", "OptimizerConfig", "Steps"], "torch.optim.lr_scheduler.LRScheduler"]
 
 OPTIMIZERS: dict[str, OptimizerFactory] = {}
 SCHEDULES: dict[str, ScheduleFactory] = {}
@@ -84,16 +84,22 @@ def build_schedule(opt: torch.optim.Optimizer, cfg: OptimizerConfig, steps: Step
 
 @register_optimizer("sgd")
 def sgd(groups: list, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 @register_optimizer("adam")
 def adam(groups: list, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
 @register_optimizer("adamw")
 def adamw(groups: list, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -117,6 +123,8 @@ def lr_factor(step: int, total: int, warmup: int, sched: SchedulerConfig, steps_
 
 def _warmup_then(name: str) -> ScheduleFactory:
     def build(opt: torch.optim.Optimizer, cfg: OptimizerConfig, steps: Steps):
+        import torch
+
         sched = cfg.scheduler
         warmup = int(sched.warmup_epochs * steps.per_epoch)
         return torch.optim.lr_scheduler.LambdaLR(
@@ -130,6 +138,8 @@ for _name in _SHAPES:
 
 @register_schedule("onecycle")
 def onecycle(opt: torch.optim.Optimizer, cfg: OptimizerConfig, steps: Steps):
+    import torch
+
     # cycle_momentum=False: the configured momentum (SGD) / beta1 (Adam) stays as given;
     # PyTorch's default would overwrite it with its own 0.85-0.95 cycle
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps.total, cycle_momentum=False)

@@ -58,6 +58,13 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
+TASK_KIND = {  # task.task -> the kind torchmetrics and the losses know
+    "classification_binary": "binary",
+    "classification_multiclass": "multiclass",
+    "classification_multilabel": "multilabel",
+}
+
+
 @dataclass
 class TaskConfig:
     task: str = "classification_multiclass"

@@ -16,22 +16,18 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pytorch_lightning as pl
 import yaml
 
 from .atomic import disk_full_names, write_text
 from .config import Config, load_config
-from .classifier import Classifier
-from .data import ImageArrays, load_data
 from .errors import UserError, check_output_dir, cli_entry
-from .evaluation import evaluate
-from .checkpoint import read_checkpoint
 from .signals import Interrupted, Received, stop_when_asked, terminate_as_interrupt
-from .training import (StopWhenAsked, build_system, check_resumable, fit, preflight, transfer_weights,
-                       val_metrics)
 from .packaged import with_config_dirs
+
+if TYPE_CHECKING:
+    from .data import ImageArrays
 
 log = logging.getLogger("tune_cifar")
 
@@ -66,6 +62,14 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
 
     Ctrl-C or SIGTERM while it fits or tests stops it at the end of the batch (``interrupted``: one line
     with the command that resumes it, built from ``argv``; exit 130)."""
+    # torch and Lightning are imported here, once the config is read: a bad override is refused in a second
+    import pytorch_lightning as pl
+
+    from .classifier import Classifier
+    from .data import load_data
+    from .evaluation import evaluate
+    from .training import build_system, check_resumable, preflight, transfer_weights
+
     pl.seed_everything(cfg.run.training_seed, workers=True, verbose=False)  # weights; the split: run.seed
     preflight(cfg)  # before any download or folder
     check_output_dir(cfg.run.output_dir, "run.output_dir")
@@ -98,6 +102,8 @@ def _run_into(cfg: Config, arrays: ImageArrays, out_dir: Path, system, ckpt_path
               argv: Sequence[str] | None) -> dict:
     """The run's files: config.yaml, the fit (checkpoints and logs) or the evaluation, results.json;
     each file is written whole or not at all (tune_cifar.atomic)."""
+    from .training import StopWhenAsked, fit, val_metrics
+
     write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     result: dict = {"output_dir": str(out_dir)}
     if cfg.run.predict:
@@ -130,6 +136,8 @@ def interrupted(cfg: Config, out_dir: Path, received: Received, stage: str, argv
     """Say in one line where the run stopped and how to continue it; exit 130 (results.json is not written:
     the run did not finish). ``last.ckpt`` is the one ModelCheckpoint wrote at the last validation, by default
     the end of the last whole epoch (nothing is written after the signal)."""
+    from .checkpoint import read_checkpoint
+
     last = (out_dir / "checkpoints" / "last.ckpt").absolute()
     what = f"tune_cifar.train: interrupted by {received.name} during {stage}"
     if not last.is_file():

@@ -18,7 +18,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from .atomic import torch_save
 from .checkpoint import read_checkpoint
-from .cost import REPORTED
+from .metrics import REPORTED
 from .config import Config, TrainerConfig
 from .data import ImageArrays, ImageDataModule
 from .errors import UserError

@@ -26,7 +26,6 @@ from ..atomic import NoSpaceLogFilter, disk_full_names, write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
 from . import budget, claim, cluster, final, interrupt, storage, trust
-from .results import finish, interrupted, trial_statuses
 from .space import SearchSpace, check_measurable, load_space
 
 log = logging.getLogger("tune_cifar")
@@ -73,6 +72,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from ..data import load_data
     from . import study
     from .registry import scheduler_parts
+    from .results import finish, interrupted, trial_statuses  # torch: after the checks a refusal needs
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
     plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}), overrides, resume=resume,

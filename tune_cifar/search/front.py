@@ -34,7 +34,7 @@ EXPORT_LATENCY, EXPORT_LATENCY_IQR = "model/latency_ms_export", "model/latency_i
 
 def pick_rule(s) -> PickRule:
     """``search.pick`` (checked when the settings were read), else the best by the first objective."""
-    from ..cost import COST_METRICS
+    from ..metrics import COST_METRICS
 
     if s.pick:
         return PickRule.parse(s.pick, [*(o.name for o in s.objectives), *COST_METRICS])
@@ -74,7 +74,7 @@ def replace_folder(tmp: Path, root: Path) -> None:
 def member_row(s, n: int, row: dict, metrics: dict, values: dict, picked: bool) -> dict:
     """A pareto.csv row: folder, trial, objectives and model costs (the trial's), latency at export, test
     metrics, parameters, whether it is best/."""
-    from ..cost import REPORTED
+    from ..metrics import REPORTED
 
     names = [o.name for o in s.objectives]
     return {"n": n, "folder": f"{FOLDER}/{member_name(n, row)}", "trial_id": row["trial_id"],

@@ -158,7 +158,7 @@ def results_table(space: SearchSpace, grid, statuses: dict[str, str] | None = No
     ``statuses``: Tune's status by trial id (``trial_statuses``), to tell unfinished trials."""
     import pandas as pd
 
-    from ..cost import REPORTED
+    from ..metrics import REPORTED
 
     s, rows = space.search, []
     measured = [*objective_names(s), *(m for m in REPORTED if m not in objective_names(s) and names_cost(s))]
@@ -242,7 +242,7 @@ def trial_model(space: SearchSpace, chosen, arrays):
     """(Classifier, Config, sampled values, metrics) of a chosen checkpoint (``row_checkpoint``); the metrics
     are the trial's at that epoch (validation, model costs) and the test metrics of the model."""
     from ..classifier import Classifier
-    from ..cost import REPORTED
+    from ..metrics import REPORTED
     from ..evaluation import evaluate
 
     s = space.search

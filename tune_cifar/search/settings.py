@@ -178,7 +178,7 @@ def _count(value, low: int) -> bool:
 def _objectives(where: str, data: dict, s: SearchSettings, base: dict, logged: set) -> None:
     """``search.metric`` / ``search.mode`` (one or a list), ``search.pick``: checked, into ``s.objectives``;
     ``s.metric`` / ``s.mode`` become the first objective's."""
-    from ..cost import COST_METRICS
+    from ..metrics import COST_METRICS
 
     if "objectives" in data:
         raise UserError(f"{where}: search.objectives is not a file key; allowed: search.metric and search.mode "
@@ -208,7 +208,7 @@ def _objectives(where: str, data: dict, s: SearchSettings, base: dict, logged: s
 def names_cost(s: SearchSettings) -> bool:
     """Whether the search uses a model cost (an objective or search.pick names model/*): its trials
     measure them (tune_cifar.cost) and report them with every epoch."""
-    from ..cost import COST_METRICS
+    from ..metrics import COST_METRICS
 
     names = {o.name for o in s.objectives}
     if s.pick is not None:

@@ -176,10 +176,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"override {ov}: {bare} is set by the search; use {RESERVED[bare]}")
         hydra_ov.append(ov)
     base = to_plain(compose([*base_ov, *hydra_ov]))
-    try:
-        check_metrics(config_from_dict(base))  # the base alone must be valid, its metrics too
-    except UserError as err:
-        raise UserError(f"{where}: base config: {str(err).removeprefix('config: ')}") from None
+    base_cfg = _base_config(where, base, config_from_dict)  # the base alone must be valid
     search = parse_settings(where, search_raw, base)
 
     params: dict[str, Param] = {}
@@ -223,7 +220,16 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not isinstance(point, dict):
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
+    _base_config(where, base_cfg, check_metrics)  # its metrics too: built once (torchmetrics), so the last check
     return space
+
+
+def _base_config(where: str, value, check):
+    """``check(value)``, its error naming the space file's base config."""
+    try:
+        return check(value)
+    except UserError as err:
+        raise UserError(f"{where}: base config: {str(err).removeprefix('config: ')}") from None
 
 
 def check_measurable(space: SearchSpace, arrays) -> None:
