@@ -13,6 +13,7 @@ import torch
 
 from conftest import needs_fashion, tiny_overrides
 from tune_cifar import train, training
+from tune_cifar.data import load_data
 from tune_cifar.config import load_config
 from tune_cifar.classifier import Classifier
 
@@ -128,7 +129,7 @@ def test_transfer_learning_keeps_body_and_resets_head(cifar100_root, tiny_cfg, t
     src_ckpt = Path(src["output_dir"]) / src["best_checkpoint"]
     src_state = Classifier.from_checkpoint(src_ckpt).state_dict()
     cfg = tiny_cfg(f"run.checkpoint_path={src_ckpt}", "trainer.max_epochs=1")
-    arrays = train.load_data(cfg.data, cfg.task.task)
+    arrays = load_data(cfg.data, cfg.task.task)
     system = training.build_system(cfg, arrays)
     skipped = training.transfer_weights(system, str(src_ckpt))
     state = system.state_dict()
