@@ -140,9 +140,13 @@ def best_of(curve: list[dict], upto: int | None = None) -> tuple[float, float, i
 
 
 def simulate(method: str, curves: SeededCurves, seed: int, max_budget: int, concurrency: int = 2,
-             grace_period: int = 1, reduction_factor: float = 2, n_startup_trials: int = 4) -> dict:
+             grace_period: int = 1, reduction_factor: float = 2, n_startup_trials: int = 4,
+             rule: str = "cut") -> dict:
     """One search until ``max_budget`` trial-epochs have started; returns its trials and the order in
-    which their epochs started (``starts``: (trial number, epoch)), plus the rung rule's events."""
+    which their epochs started (``starts``: (trial number, epoch)), plus the rung rule's events.
+    ``rule="finish"``: the search command's rule instead (search.budget.trial_epochs): a trial starts while
+    the finished trials' epochs plus max_epochs per running trial are below the budget, and running
+    trials are never cut (the total overshoots by less than max_epochs; no prefix property)."""
     import optuna
     from optuna.trial import TrialState
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -180,8 +184,14 @@ def simulate(method: str, curves: SeededCurves, seed: int, max_budget: int, conc
             scheduler.on_trial_add(None, trials[ot.number]["ray"])
         begin_epoch(ot.number)
 
+    def room() -> bool:
+        if rule == "cut":
+            return len(starts) < max_budget
+        finished = sum(t["epoch"] for t in trials.values() if t["status"] != "running")
+        return finished + max_epochs * len(running) < max_budget
+
     def fill() -> None:
-        while len(running) < concurrency and len(starts) < max_budget:
+        while len(running) < concurrency and room():
             start_trial()
 
     fill()
@@ -204,7 +214,7 @@ def simulate(method: str, curves: SeededCurves, seed: int, max_budget: int, conc
             stop = epoch >= max_epochs
         if not stop:
             t["ot"].report(value, epoch)
-            if len(starts) < max_budget:
+            if rule == "finish" or len(starts) < max_budget:
                 begin_epoch(number)
             else:
                 t["status"] = "cut"  # the budget is spent: the trial ends here (nothing more to tell)
@@ -478,6 +488,7 @@ def main(argv=None) -> dict:
            "goal2": {k: {"reduction": v["reduction"], "lo": v["lo"], "met": v["reduction"] >= 0.30}
                      for k, v in fits.items()},
            "budget_check": {k: r["total_epochs"] for k, r in a["rows"].items()}}
+    out["finish_rule"] = finish_rule(curves, budgets, args)
     if args.sweep:
         out["sweep"] = {}
         for rf in (2, 3, 4):
@@ -500,9 +511,47 @@ def main(argv=None) -> dict:
     print(reeval_table(a))
     print()
     print(json.dumps({k: out[k] for k in ("goal1", "goal2", "rungs")}, indent=1))
+    print(finish_table(out["finish_rule"]))
     if args.sweep:
         print(sweep_table(out["sweep"], budgets))
     return out
+
+
+def finish_rule(curves: SeededCurves, budgets: dict, args) -> dict:
+    """The headline rows again under the search command's own budget rule (running trials finish; each
+    budget and reserve replayed separately): does cutting trials at the budget change the comparison?"""
+    out = {}
+    for bname, b in budgets.items():
+        fit = max(((k, s) for k, s in REEVAL if k * s * curves.max_epochs <= 0.25 * b), default=None,
+                  key=lambda x: (x[0] * x[1], x[1]))
+        for top_k, s in [(0, 0)] + ([fit] if fit else []):
+            evs = {m: [evaluate(r, curves, len(r["starts"]), top_k, s) for r in
+                       (simulate(m, curves, seed, b - top_k * s * curves.max_epochs, args.concurrency,
+                                 args.grace_period, args.reduction_factor, args.n_startup_trials, rule="finish")
+                        for seed in range(args.seeds))] for m in METHODS}
+            fifo = np.array([e["export_test"] for e in evs["fifo_random"]])
+            for m, es in evs.items():
+                test = np.array([e["export_test"] for e in es])
+                out[f"{m}|{bname}|{top_k}x{s}"] = {
+                    "method": m, "budget": bname, "top_k": top_k, "seeds": s,
+                    "export_test_median": float(np.median(test)),
+                    "regret_median": float(np.median([e["regret"] for e in es])),
+                    "total_epochs": [int(min(e["total_epochs"] for e in es)), int(max(e["total_epochs"] for e in es))],
+                    "vs_fifo": paired_ci(test - fifo) if m != "fifo_random" else None}
+    return out
+
+
+def finish_table(rows: dict) -> str:
+    lines = ["| budget | method | re-evaluation | trial-epochs spent (min–max) | export test, median | regret, median | "
+             "− FIFO + random, mean [95 % t CI] |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows.values():
+        vs = r["vs_fifo"]
+        lines.append(f"| {r['budget']} | {r['method']} | "
+                     + (f"top {r['top_k']} × {r['seeds']}" if r["top_k"] else "off")
+                     + f" | {r['total_epochs'][0]}–{r['total_epochs'][1]} | {pct(r['export_test_median'])} | "
+                     f"{pts(r['regret_median'])} | "
+                     + (f"{pts(vs['mean'])} [{pts(vs['t_lo'])}, {pts(vs['t_hi'])}] |" if vs else "— |"))
+    return "\n".join(lines)
 
 
 def sweep_table(sweep: dict, budgets: dict) -> str:

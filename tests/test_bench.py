@@ -165,6 +165,11 @@ def test_search_budget_replay_spends_the_same_budget(tmp_path, capsys):
                         assert r["val"] == max(e["val_accuracy"] for e in curve[: r["epochs"]])
                     assert rev["reeval_mean"] == pytest.approx(np.mean([r["val"] for r in runs]))
                     assert rev["export_val"] == max(r["val"] for r in runs)
+            # the search command's rule (running trials finish): the budget, overshot by less than a trial
+            run = bench.simulate(method, curves, seed, max_budget=13, rule="finish")
+            spent = sum(t["epoch"] for t in run["trials"].values())
+            assert 13 <= spent <= 13 + epochs - 1 and len(run["starts"]) == spent
+            assert not [t for t in run["trials"].values() if t["status"] in ("cut", "running")]
     fifo = bench.simulate("fifo_random", curves, 0, max_budget=40)
     assert all(t["epoch"] == epochs for t in fifo["trials"].values()) and len(fifo["trials"]) == 40 // epochs
     asha = bench.simulate("asha_random", curves, 0, max_budget=40)
