@@ -363,7 +363,7 @@ def analyse(runs: dict[str, list[dict]], curves: SeededCurves, budgets: dict[str
             "search_epochs_max": int(max(e["search_epochs"] for e in evs)),
             "trials_median": float(np.median([e["trials"] for e in evs])),
             "configs_median": float(np.median([e["configs"] for e in evs])),
-            "n": len(evs)}
+            "n": len(evs), "export_tests": [float(x) for x in test]}  # per searcher seed (paired comparisons)
         base = rows[("fifo_random", bname, top_k, s)]
         if method != "fifo_random":
             out["vs_fifo"][f"{method}|{bname}|{top_k}x{s}"] = paired_ci(
@@ -438,10 +438,11 @@ def reeval_table(a: dict) -> str:
         g = r["test_gain"]
         lines.append(f"| {bname} | {method} | top {setting.replace('x', ' × ')} ({100 * r['reserve_share']:.0f} %) | "
                      f"{pts(r['median_without'])} → {pts(r['median_with'])} | "
-                     f"{100 * r['reduction']:.0f} % [{100 * r['lo']:.0f}, {100 * r['hi']:.0f}] | "
-                     f"{pts(g['mean'])} [{pts(g['t_lo'])}, {pts(g['t_hi'])}] | "
-                     f"{100 * r['on_top']['reduction']:.0f} % [{100 * r['on_top']['lo']:.0f}, "
-                     f"{100 * r['on_top']['hi']:.0f}] |")
+                     + (f"{100 * r['reduction']:.0f} % [{100 * r['lo']:.0f}, {100 * r['hi']:.0f}] | "
+                        if r["median_without"] > 0 else "n/a (median regret without ≤ 0) | ")
+                     + f"{pts(g['mean'])} [{pts(g['t_lo'])}, {pts(g['t_hi'])}] | "
+                     + (f"{100 * r['on_top']['reduction']:.0f} % [{100 * r['on_top']['lo']:.0f}, "
+                        f"{100 * r['on_top']['hi']:.0f}] |" if r["median_without"] > 0 else "n/a |"))
     return "\n".join(lines)
 
 
@@ -450,6 +451,9 @@ def main(argv=None) -> dict:
     p.add_argument("--curves", type=Path, nargs="+",
                    default=[ROOT / "bench" / "data" / "curves.json", ROOT / "bench" / "data" / "curves_seeds.json"])
     p.add_argument("--min-seeds", type=int, default=3)
+    p.add_argument("--subset", type=int, choices=(16, 24), default=None,
+                   help="only record_curves.py's seeded sub-grid of this size (default: every configuration "
+                        "with --min-seeds seeds)")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--fifo-trials", type=int, default=16, help="FIFO's trials at 100 %% of the budget")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 1.0])
@@ -461,7 +465,13 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "data" / "search_budget")
     args = p.parse_args(argv)
 
-    curves = SeededCurves([json.loads(f.read_text()) for f in args.curves], args.min_seeds)
+    docs = [json.loads(f.read_text()) for f in args.curves]
+    if args.subset:
+        from record_curves import subset_configs
+
+        keep = {Curves.key(c) for c in subset_configs(args.subset)}
+        docs = [{**d, "configs": [c for c in d["configs"] if Curves.key(c["params"]) in keep]} for d in docs]
+    curves = SeededCurves(docs, args.min_seeds)
     budgets = budgets_of(curves, args.fifo_trials, args.fractions)
     top = max(budgets.values()) + max(k * s for k, s in REEVAL) * curves.max_epochs  # + re-evaluation on top
     weak_below = max(v[0] for v in curves.expected.values()) - 0.10
@@ -501,6 +511,10 @@ def main(argv=None) -> dict:
                     "vs_fifo": sa["vs_fifo"],
                     "rungs": {m: {b: rung_stats(rs[m], curves, e, weak_below) for b, e in budgets.items()}
                               for m in METHODS[1:]}}
+        main_rows = out["analysis"]["rows"]
+        for s in out["sweep"].values():  # each setting against the main one (--reduction-factor/--grace-period)
+            s["vs_main"] = {k: paired_ci(np.array(r["export_tests"]) - np.array(main_rows[k]["export_tests"]))
+                            for k, r in s["rows"].items() if not r["top_k"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1, default=str))
     print(f"{len(curves.runs)} configurations x {out['seeds_per_config']} seeds, {curves.max_epochs} epochs; grid best "
@@ -555,16 +569,18 @@ def finish_table(rows: dict) -> str:
 
 
 def sweep_table(sweep: dict, budgets: dict) -> str:
-    lines = ["| ASHA | method | budget | export test, median | − FIFO + random, mean [95 % t CI] | trials | "
+    lines = ["| ASHA | method | budget | export test, median | − FIFO + random, mean [95 % t CI] | "
+             "− the main setting, mean [95 % t CI] | trials | "
              "unopposed / ties / decisions per search | weak trials to max_epochs (total) | trial 0 to end |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in sweep.items():
         for key, r in s["rows"].items():
             if r["top_k"]:
                 continue
-            vs, rg = s["vs_fifo"][key], s["rungs"][r["method"]][r["budget"]]
+            vs, rg, vm = s["vs_fifo"][key], s["rungs"][r["method"]][r["budget"]], s["vs_main"][key]
             lines.append(f"| {name} | {r['method']} | {r['budget']} | {pct(r['export_test_median'])} | "
-                         f"{pts(vs['mean'])} [{pts(vs['t_lo'])}, {pts(vs['t_hi'])}] | {r['trials_median']:.0f} | "
+                         f"{pts(vs['mean'])} [{pts(vs['t_lo'])}, {pts(vs['t_hi'])}] | "
+                         f"{pts(vm['mean'])} [{pts(vm['t_lo'])}, {pts(vm['t_hi'])}] | {r['trials_median']:.0f} | "
                          f"{rg['unopposed_per_search_median']:.0f} / {rg['ties_per_search_median']:.0f} / "
                          f"{rg['decisions_per_search_median']:.0f} | {rg['weak_trials_run_to_end_total']} | "
                          f"{rg['trial0_to_end']} |")
