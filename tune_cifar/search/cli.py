@@ -64,15 +64,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                resume: bool = False, new_name: bool = False) -> dict:
     """Run the trials (or ``resume`` the experiment's latest run), write results.csv and the reports,
     export the best trial; returns a summary dict (``interrupted: True`` if stopped before the end)."""
-    import ray
-    import torch
-    from ray import tune
-
-    from ..config import config_from_dict
-    from ..data import load_data
     from . import study
     from .registry import scheduler_parts
-    from .results import finish, interrupted, trial_statuses  # torch: after the checks a refusal needs
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
     plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}), overrides, resume=resume,
@@ -87,6 +80,15 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     elif parts.uses_study and s.optuna_storage:  # the default study is new: it lives in the new run folder
         study.check_study(study.optuna_storage(s), space)  # direction and parameters, before anything is written
     run_dir = paths.local
+    # torch and the rest of Ray only now: a refused --resume answers without them
+    import ray
+    import torch
+    from ray import tune
+
+    from ..config import config_from_dict
+    from ..data import load_data
+    from .results import finish, interrupted, trial_statuses
+
     if not address:
         space.check_gpus(torch.cuda.device_count())
     cfg = config_from_dict(space.base)
