@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
+from . import timeline
 from .atomic import torch_save
 from .checkpoint import read_checkpoint
 from .metrics import REPORTED
@@ -113,6 +115,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote: fsspec's own transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
         torch_save(checkpoint, path)
+        if timeline.enabled():  # bench/search_overhead.py
+            timeline.mark("ckpt_written", bytes=os.path.getsize(path))
 
 
 def build_trainer(cfg: Config, out_dir: Path | None, callbacks: Sequence[pl.Callback] = (),

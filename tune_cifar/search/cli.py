@@ -25,7 +25,9 @@ import yaml
 from ..atomic import NoSpaceLogFilter, disk_full_names, write_text
 from ..errors import UserError, check_output_dir, cli_entry
 from ..packaged import config_dir_override
+from ..timeline import mark
 from . import budget, claim, cluster, final, interrupt, storage, trust
+from .stages import timeline_callbacks
 from .space import SearchSpace, check_measurable, load_space
 
 log = logging.getLogger("tune_cifar")
@@ -92,15 +94,19 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     if not address:
         space.check_gpus(torch.cuda.device_count())
     cfg = config_from_dict(space.base)
+    mark("data_start")
     arrays = load_data(cfg.data, cfg.task.task)  # read and decoded once, shared via the object store
     check_measurable(space, arrays)
 
+    mark("ray_start")
     started = cluster.start_ray(address)
+    mark("ray_end")
     try:
         if address:
             space.check_gpus(ray.cluster_resources().get("GPU", 0), "the Ray cluster")
         cluster.check_resources(s, f"the Ray cluster at {address}" if address else "this machine")
         trainable = tune.with_resources(_trial_function(space, arrays, parts.trial_callbacks), s.resources.for_ray())
+        mark("put_end")  # the arrays are in the object store
         concurrent = _concurrent_trials(s, population=parts.search_alg is not None)
         if paths.resume:
             print(f"resuming {paths.ray_dir}", flush=True)
@@ -127,7 +133,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,
                                                             checkpoint_score_attribute=s.metric,
                                                             checkpoint_score_order=s.mode),
-                    failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),
+                    failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1,
+                    callbacks=timeline_callbacks()),
             )
         if not paths.resume:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,9 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
             grid, received = tuner.get_results(), None
         else:
             with interrupt.while_tuning() as received:  # SIGINT or SIGTERM: Tune saves its state and returns
+                mark("fit_start")
                 grid = tuner.fit()
+                mark("fit_end")
         statuses = trial_statuses(grid)  # from the state Tune saved: running trials are still RUNNING there
         stopped = received is not None and (bool(received) or interrupted(statuses, grid, s,
                                                                           time.monotonic() - start))
@@ -229,6 +238,7 @@ def _interrupted(paths: storage.RunPaths) -> dict:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> dict:
+    mark("driver_main")  # this module and its imports loaded
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides)
     if args.num_samples is not None:
@@ -255,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             out = run_search(space, args.address, overrides, resume=args.resume, new_name=args.new_name)
     finally:  # the experiment's lock (claim.py), also of a search refused at once
         claim.release_all()
+    mark("driver_end")
     if out.get("interrupted"):
         sys.exit(130)
     return out

@@ -38,7 +38,9 @@ from typing import Any, Callable, Sequence
 
 from ..atomic import write_text
 from ..errors import UserError
+from ..timeline import mark
 from . import storage
+from .stages import timeline_callbacks
 from .names import REEVAL
 from .budget import final_sizes
 
@@ -196,9 +198,12 @@ def run(plan_run: storage.RunPlan, grid, statuses: dict, trainable, concurrent: 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep,
                                                         checkpoint_score_attribute=s.metric,
                                                         checkpoint_score_order=s.mode),
-                failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1))
+                failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1,
+                callbacks=timeline_callbacks()))
     with interrupt.while_tuning() as received:  # as the search's own trials: state saved, --resume continues
+        mark("fit_start", experiment=FOLDER)  # TUNE_CIFAR_TIMELINE (bench/search_overhead.py)
         again = tuner.fit()
+        mark("fit_end", experiment=FOLDER)
     done = trial_statuses(again)
     return Phase(plan, again, done, interrupted=bool(received) or bool(unfinished(done)) or len(done) < runs)
 

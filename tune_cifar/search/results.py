@@ -12,6 +12,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import UserError
 from ..metrics import in_stage
+from ..timeline import mark
 from . import budget, storage
 from .names import STOP_REASON, WORLD_SIZE, checkpoint_file
 from .registry import scheduler_parts
@@ -307,6 +308,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     from . import interrupt
 
     quiet()
+    mark("finish_start")
     space, paths = plan.space, plan.paths
     s = space.search
     run_dir = paths.local
@@ -319,13 +321,16 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     if reeval is not None:
         print(reeval.summary(space, table, run_dir), flush=True)
     print(f"results: {run_dir / 'results.csv'}")
+    mark("results_written")
     out = {"run_dir": str(run_dir), "results": str(run_dir / "results.csv"), "trials": len(table),
            "trial_epochs": _trial_epochs(table),
            **({"budget": {"trial_epochs": s.budget.trial_epochs, "used": _trial_epochs(table),
                           "kept_for_reeval": budget.reserved(s)}}
               if s.budget.trial_epochs is not None else {}),
            "reports": write_reports(space, grid, table, run_dir), "ray_dir": paths.ray_dir}
+    mark("plots_written")
     out.update(study_report(space, paths, dict(zip(table["trial_id"].astype(str), table["status"]))))
+    mark("importance_done")
     if reeval is not None:
         out["reeval"] = reeval.report(run_dir)
     if interrupted:
@@ -357,7 +362,9 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
     print(f"exporting trial {chosen[2].get('trial_id')} (epoch {chosen[2].get('training_iteration')}): test metrics",
           flush=True)
     driver_fault("export")  # test-only: hold the driver here
+    mark("scoring_start")
     classifier, cfg, values, metrics = trial_model(space, chosen, arrays)
+    mark("scoring_end")
     if record is not None:
         metrics["reeval"] = record
     # a signal now waits: the new export replaces the old one whole, or (interrupted) not at all
@@ -373,6 +380,7 @@ def finish(plan: storage.RunPlan, grid, arrays, statuses: dict[str, str] | None 
                hyperparameters=values, export=str(dest))
     write_text(run_dir / "best.json", json.dumps(out, indent=2, default=str))
     storage.upload_reports(paths)
+    mark("export_written")
     return out
 
 

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
+import pytorch_lightning as pl
 import torch
 from ray import tune
 from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
@@ -22,10 +23,14 @@ from ..config import Config
 from ..data import ImageArrays
 from ..metrics import logged_keys
 from ..faults import NonFiniteLoss, resource_errors, trial_callbacks
+from .. import timeline
 from .names import CHECKPOINT_FILE, STOP_REASON, checkpoint_file
 from .settings import names_cost
 from .space import SearchSpace
 from ..training import KeepConfiguredHyperparameters, ModelCost, WorkerMemory, fit, quiet, release_memory
+
+
+_trials_here = 0  # trials this process has started: a reused Ray worker's set-up is cheaper than a fresh one's
 
 
 def reported_metrics(cfg: Config) -> list[str]:
@@ -57,6 +62,11 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays,
     """Ray's entry point for one trial; ``config`` is what the searcher suggested. ``scheduler_callbacks``:
     the scheduler registration's ``trial_callbacks`` (registry.py), given by the driver (a scheduler registered
     only there is unknown in this worker)."""
+    global _trials_here
+    _trials_here += 1
+    if timeline.enabled():
+        timeline.mark("trial_start", trial=tune.get_context().get_trial_id(), n=_trials_here,
+                      process_start=timeline.process_start())
     quiet("ray.train", "ray.tune")
     # Ray reuses this process for a later trial only if this one's thread ends within this many seconds
     # of being stopped, else that later trial fails; Lightning's teardown and freeing GPU memory can
@@ -82,6 +92,7 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays,
     # Here no frame or traceback holds the trial any more (Lightning's callbacks hold the model too, via
     # their log methods: they live in _fit), so its model, optimizer state and on-device data can go.
     release_memory()
+    timeline.mark("trial_end", trial=tune.get_context().get_trial_id(), stopped=stopped)
     if stopped:
         sys.exit(exit_code)
     if failure:  # end the trial as failed, with its reason; not retried (it would repeat)
@@ -99,6 +110,8 @@ def _fit(cfg: Config, arrays: ImageArrays, values: dict, extra: list = ()) -> No
                                           filename=CHECKPOINT_FILE, on="validation_end")
     callbacks = [KeepConfiguredHyperparameters(), memory, *extra, report,
                  *trial_callbacks(values, tune.get_context().get_trial_id())]
+    if timeline.enabled():  # bench/search_overhead.py: the trial's stages, and when its report returned
+        callbacks = [TimelineMarks(), *callbacks, ReportReturned()]
     checkpoint = tune.get_checkpoint()
     with resource_errors():
         if checkpoint is None:
@@ -106,3 +119,43 @@ def _fit(cfg: Config, arrays: ImageArrays, values: dict, extra: list = ()) -> No
             return
         with checkpoint.as_directory() as directory:
             fit(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
+
+
+class TimelineMarks(pl.Callback):
+    """With TUNE_CIFAR_TIMELINE (tune_cifar/timeline.py, bench/search_overhead.py): marks a trial's stages.
+    First of the trial's callbacks, so its ``val_end`` comes before the report callback saves and reports."""
+
+    def on_fit_start(self, trainer, pl_module):
+        timeline.mark("fit_start")  # config, model, data module and Trainer built
+
+    def on_sanity_check_start(self, trainer, pl_module):
+        timeline.mark("sanity_start")
+
+    def on_sanity_check_end(self, trainer, pl_module):
+        timeline.mark("sanity_end")
+
+    def on_train_start(self, trainer, pl_module):
+        timeline.mark("train_start")  # after the sanity check and a restore
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        timeline.mark("epoch_start", epoch=trainer.current_epoch)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            timeline.mark("val_start", epoch=trainer.current_epoch)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            timeline.mark("val_end", epoch=trainer.current_epoch)
+
+    def on_train_end(self, trainer, pl_module):
+        timeline.mark("train_end")
+
+
+class ReportReturned(pl.Callback):
+    """Last of the trial's callbacks: marks when the report returned (checkpoint written and copied into
+    the storage, the driver's answer received)."""
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            timeline.mark("report_end", epoch=trainer.current_epoch)
