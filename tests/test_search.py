@@ -16,6 +16,7 @@ from conftest import write_space
 from tune_cifar.config import config_from_dict
 from tune_cifar.data import ImageDataModule, load_data
 from tune_cifar.export import find_best, read_export
+from tune_cifar.timeline import TIMELINE_ENV
 
 STRONG = {"optimizer.optimizer": "adamw", "optimizer.lr": 0.01}
 WEAK = {"optimizer.optimizer": "sgd", "optimizer.lr": 1e-5}
@@ -49,6 +50,9 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     # Every stopped trial's teardown takes 3 s, longer than Ray waits by default (2 s) before it gives
     # up reusing the process and fails the next trial; the search must still have no error.
     monkeypatch.setenv(TEST_FAULTS_ENV, json.dumps([{"when": {}, "fault": "slow_stop", "seconds": 3}]))
+    # The driver and every trial (Ray's workers inherit the variable) record their stages (tune_cifar.timeline)
+    timeline = tmp_path / "timeline.jsonl"
+    monkeypatch.setenv(TIMELINE_ENV, str(timeline))
 
     from tune_cifar.search.cli import run_search
     from tune_cifar.search.space import load_space
@@ -92,6 +96,18 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     assert len(pids) == 4 and len(set(pids)) < len(pids)  # some trials ran in a reused worker
     assert leftover and set(leftover) == {0.0}
 
+    # No work is done twice (issue 19, counted from the timeline): each trial validates once per epoch it
+    # trained, with no sanity-check pass before training, and writes one checkpoint per epoch (what Ray
+    # copies into the storage); the driver scores the exported model on the test split once.
+    done = work_per_trial(timeline)
+    assert set(done) == set(table["trial_id"])
+    for trial, epochs in zip(table["trial_id"], table["epochs"]):
+        assert done[trial]["sanity_start"] == 0, trial
+        assert done[trial]["val_start"] == done[trial]["ckpt_written"] == epochs, (trial, done[trial])
+    driver = [json.loads(line)["event"] for line in timeline.read_text().splitlines()
+              if json.loads(line)["pid"] == os.getpid()]
+    assert driver.count("scoring_start") == 1 and driver.count("export_written") == 1
+
     # The export: best trial at its best epoch, loadable without Ray, linked from outputs/best.
     export_dir = tmp_path / "outputs" / "tiny" / "best"
     assert find_best(tmp_path / "outputs") == export_dir.resolve()
@@ -122,6 +138,22 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     moved = tmp_path / "moved"
     (tmp_path / "outputs").rename(moved)
     assert read_export(find_best(moved)).metrics == exp.metrics
+
+
+def work_per_trial(timeline: Path) -> dict[str, dict[str, int]]:
+    """Events of each trial in a TUNE_CIFAR_TIMELINE file, counted: a worker process runs its trials one
+    after another, so its events between a trial_start and the next belong to that trial."""
+    from collections import Counter, defaultdict
+
+    counts: dict[str, Counter] = defaultdict(Counter)
+    current: dict[int, str] = {}  # worker pid -> its trial now
+    for line in timeline.read_text().splitlines():
+        e = json.loads(line)
+        if e["event"] == "trial_start":
+            current[e["pid"]] = e["trial"]
+        if e["pid"] in current:
+            counts[current[e["pid"]]][e["event"]] += 1
+    return counts
 
 
 def test_a_registered_scheduler_and_searcher_are_one_function_each(tmp_path, data_root):

@@ -44,7 +44,7 @@ from ..training import KeepConfiguredHyperparameters, ModelCost, WorkerMemory, f
 from .names import CHECKPOINT_FILE, STOP_REASON, WORLD_SIZE, checkpoint_file
 from .settings import names_cost
 from .space import SearchSpace
-from .trainable import reported_metrics
+from .trainable import TRIAL_TRAINER, reported_metrics
 
 _GO, _STOP = "go", "stop"
 
@@ -117,7 +117,7 @@ def _worker(loop: dict) -> None:
         with resource_errors():
             fit(cfg, arrays, None, callbacks, ckpt_path=start, strategy=RayDDPStrategy(),
                 plugins=[RayLightningEnvironment()], devices="auto", use_distributed_sampler=False,
-                prepare=prepare_trainer)
+                prepare=prepare_trainer, **TRIAL_TRAINER)
     finally:
         if start is not None:
             shutil.rmtree(start.parent, ignore_errors=True)

@@ -32,6 +32,12 @@ from ..training import KeepConfiguredHyperparameters, ModelCost, WorkerMemory, f
 
 _trials_here = 0  # trials this process has started: a reused Ray worker's set-up is cheaper than a fresh one's
 
+# What every trial's Trainer gets beyond the config. No sanity check: Lightning validates 2 batches before
+# training to catch a broken validation early, but a trial validates (and reports) at the end of every
+# epoch anyway, so in a search of many trials that check repeats work once per trial; a validation that
+# fails still ends the trial, at its first epoch's end. (train and search --debug keep it.)
+TRIAL_TRAINER = {"num_sanity_val_steps": 0}
+
 
 def reported_metrics(cfg: Config) -> list[str]:
     """What each report holds: the validation loss and metrics (Lightning's names, e.g. accuracy/val)."""
@@ -91,6 +97,7 @@ def train_trial(config: dict, space: SearchSpace, arrays: ImageArrays,
         raise
     # Here no frame or traceback holds the trial any more (Lightning's callbacks hold the model too, via
     # their log methods: they live in _fit), so its model, optimizer state and on-device data can go.
+    timeline.mark("fit_left")
     release_memory()
     timeline.mark("trial_end", trial=tune.get_context().get_trial_id(), stopped=stopped)
     if stopped:
@@ -115,10 +122,10 @@ def _fit(cfg: Config, arrays: ImageArrays, values: dict, extra: list = ()) -> No
     checkpoint = tune.get_checkpoint()
     with resource_errors():
         if checkpoint is None:
-            fit(cfg, arrays, None, callbacks)
+            fit(cfg, arrays, None, callbacks, **TRIAL_TRAINER)
             return
         with checkpoint.as_directory() as directory:
-            fit(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory))
+            fit(cfg, arrays, None, callbacks, ckpt_path=checkpoint_file(directory), **TRIAL_TRAINER)
 
 
 class TimelineMarks(pl.Callback):
