@@ -295,30 +295,47 @@ def _stat(values: list[float]) -> str:
     return f"{med:.2f}" if len(values) == 1 else f"{med:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def table(variant: str, rounds: list[dict]) -> str:
-    names = list(dict.fromkeys(k for r in rounds for k in r["decomposition"]["rows"]))
-    lines = [f"### {variant}: {len(rounds)} round(s), seconds, median (min-max)", "",
-             "| phase | seconds |", "|---|---:|"]
-    for k in names:
-        lines.append(f"| {k} | {_stat([r['decomposition']['rows'].get(k, 0.0) for r in rounds])} |")
-    loads = ", ".join(f"{r['load'][0]:.1f}" for r in rounds)
-    get = lambda f: [f(r) for r in rounds]  # noqa: E731
+def table(variant: str, columns: dict[str, list[dict]]) -> str:
+    """One markdown table: a row per phase, a column per checkout (``now``, ``before``) of its rounds."""
+    labels = list(columns)
+    every = [r for rounds in columns.values() for r in rounds]
+    names = list(dict.fromkeys(k for r in every for k in r["decomposition"]["rows"]))
+    n = max(len(rounds) for rounds in columns.values())
+    lines = [f"#### {variant}: {n} round(s), seconds, median (min-max)", "",
+             "| phase | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+
+    def row(name, f, fmt="{}"):
+        cells = [fmt.format(_stat([f(r) for r in columns[label]])) for label in labels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
     d = lambda r: r["decomposition"]  # noqa: E731
-    lines += [
-        f"| (rows vs wall: not accounted for) | {_stat(get(lambda r: d(r)['unaccounted']))} |",
-        f"| **search wall (launch -> exit)** | **{_stat(get(lambda r: d(r)['wall']))}** |",
-        f"| compute floor (plain loop, same trial-epochs, same concurrency) | {_stat(get(lambda r: r['floor']['wall']))} |",
-        f"| **wall / floor** | **{_stat(get(lambda r: d(r)['wall'] / r['floor']['wall']))}** |",
-        f"| overhead per trial: (wall - floor) / trials | {_stat(get(lambda r: (d(r)['wall'] - r['floor']['wall']) / d(r)['trials']))} |",
-        f"| launch -> first report | {_stat(get(lambda r: d(r)['first_report']))} |",
-        f"| trial set-up, fresh worker (trial start -> first epoch), median | {_stat(get(lambda r: statistics.median(d(r)['setup_fresh']) if d(r)['setup_fresh'] else float('nan')))} |",
-        f"| trial set-up, reused worker, median | {_stat(get(lambda r: statistics.median(d(r)['setup_reused']) if d(r)['setup_reused'] else float('nan')))} |",
-        f"| checkpoint write / epoch (train + val), median | {_stat(get(lambda r: 100 * statistics.median(c / e for c, e in zip(d(r)['ckpt_s'], d(r)['epoch_s']))))} % |",
-        f"| checkpoint file, KiB | {_stat(get(lambda r: statistics.median(d(r)['ckpt_bytes']) / 1024))} |",
-        f"| trials / trial-epochs | {rounds[0]['decomposition']['trials']} / {rounds[0]['floor']['trial_epochs']} |",
-        f"| load average (1 min) at start of each round | {loads} |",
-    ]
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    for k in names:
+        row(k, lambda r, k=k: d(r)["rows"].get(k, 0.0))
+    row("(rows vs wall: not accounted for)", lambda r: d(r)["unaccounted"])
+    row("**search wall (launch -> exit)**", lambda r: d(r)["wall"], "**{}**")
+    row("compute floor (plain loop, same trial-epochs, same concurrency)", lambda r: r["floor"]["wall"])
+    row("**wall / floor**", lambda r: d(r)["wall"] / r["floor"]["wall"], "**{}**")
+    row("overhead per trial: (wall - floor) / trials", lambda r: (d(r)["wall"] - r["floor"]["wall"]) / d(r)["trials"])
+    row("launch -> first report", lambda r: d(r)["first_report"])
+    row("trial set-up, fresh worker (trial start -> first epoch), median", lambda r: med(d(r)["setup_fresh"]))
+    row("trial set-up, reused worker, median", lambda r: med(d(r)["setup_reused"]))
+    row("checkpoint write / epoch (train + val), median %",
+        lambda r: 100 * med([c / e for c, e in zip(d(r)["ckpt_s"], d(r)["epoch_s"])]))
+    row("checkpoint file, KiB, median", lambda r: med(d(r)["ckpt_bytes"]) / 1024)
+    row("trials", lambda r: d(r)["trials"])
+    row("trial-epochs", lambda r: r["floor"]["trial_epochs"])
+    lines.append("| load average (1 min) at the start of each round | " + " | ".join(
+        ", ".join(f"{r['load'][0]:.1f}" for r in columns[label]) for label in labels) + " |")
     return "\n".join(lines)
+
+
+def print_tables(results: dict[str, list[dict]]) -> None:
+    """``results``: "<variant> <checkout>" -> rounds; one table per variant."""
+    variants = list(dict.fromkeys(k.split()[0] for k in results))
+    for variant in variants:
+        columns = {k.split()[1]: v for k, v in results.items() if k.split()[0] == variant and v}
+        print(table(variant, columns) + "\n")
 
 
 def main(argv=None) -> dict:
@@ -331,7 +348,12 @@ def main(argv=None) -> dict:
     p.add_argument("--before", metavar="PYTHON", help="also run each search with this interpreter (e.g. another "
                    "worktree's .venv/bin/python, for a before/after comparison in the same rounds)")
     p.add_argument("extra", nargs="*", help="after --: more arguments for the search (e.g. search.num_samples=4)")
+    p.add_argument("--tables", metavar="JSON", help="only print the tables of an earlier run's --json file")
     args = p.parse_args(argv)
+    if args.tables:
+        results = json.loads(Path(args.tables).read_text())
+        print_tables(results)
+        return results
     out = Path(args.out or tempfile.mkdtemp(prefix="search_overhead_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     variants = list(VARIANTS) if args.variant == "both" else [args.variant]
@@ -355,8 +377,7 @@ def main(argv=None) -> dict:
           f"{' --variant ' + args.variant if args.variant != 'both' else ''}"
           f"{' --before ' + args.before if args.before else ''}"
           f"{' -- ' + ' '.join(args.extra) if args.extra else ''}\nruns in {out}\n")
-    for name, rounds in results.items():
-        print(table(name, rounds) + "\n")
+    print_tables(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return results
