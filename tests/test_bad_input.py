@@ -691,3 +691,27 @@ def test_a_config_refusal_answers_before_torch_is_imported(prog, args):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "tune_cifar.config" in imported  # the config was read, in this process
     assert not imported & {"torch", "pytorch_lightning", "ray"}, sorted(imported & {"torch", "pytorch_lightning", "ray"})
+
+
+@pytest.mark.parametrize("ending, status", [("return {}", 0), ("raise UserError('bad value')", 2),
+                                            ("sys.exit(130)", 130)])
+def test_a_command_ends_at_once_with_its_output_and_status(tmp_path, ending, status):
+    """Run as a command, a CLI ends without the interpreter's teardown (errors.end_process, issue 19), yet
+    with everything it printed (a large stdout is flushed first), its exit status and the atexit handlers
+    run (where logging and Ray flush and shut down). No torch here: the mechanism only."""
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from tune_cifar.errors import UserError, cli_entry\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').write('ran'))\n"
+        "@cli_entry\n"
+        "def main(argv=None):\n"
+        "    print('x' * 100000, end='')\n"
+        f"    {ending}\n"
+        "main()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == status, out.stderr
+    assert out.stdout == "x" * 100000
+    assert (tmp_path / "atexit").read_text() == "ran"
+    if status == 2:  # a script's main: the program name is its module's
+        assert out.stderr.strip().splitlines() == ["tune_cifar.__main__: error: bad value"]
