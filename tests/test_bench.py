@@ -184,3 +184,39 @@ def test_search_budget_replay_spends_the_same_budget(tmp_path, capsys):
         assert r["total_epochs"][1] <= r["budget_epochs"], key
     assert {k.split("|")[0] for k in rows} == set(bench.METHODS)
     assert "goal1" in result and "| asha_tpe |" in capsys.readouterr().out
+
+
+def test_search_overhead_phases_add_up_to_the_wall_time():
+    """bench/search_overhead.py's decomposition of a synthetic timeline (no search: the driver and one worker
+    running two 1-epoch trials, the second stopped at its report): every second between launch and exit
+    lands in exactly one row, lane time included, and the trial stages get their own rows."""
+    bench = _load_bench("search_overhead")
+    D, W = 1, 2  # driver and worker pids
+    driver = [("driver_main", 1.0), ("data_start", 2.0), ("ray_start", 2.5), ("ray_end", 5.0), ("put_end", 5.2),
+              ("fit_start", 6.0), ("fit_end", 20.0), ("finish_start", 21.0), ("results_written", 21.2),
+              ("plots_written", 22.0), ("importance_done", 22.1), ("scoring_start", 22.2), ("scoring_end", 23.0),
+              ("export_written", 23.1), ("driver_end", 23.2)]
+    ev = [{"t": t, "pid": D, "event": e} for e, t in driver]
+    ev += [{"t": 9.0, "pid": D, "event": "driver_result", "trial": "a", "epoch": 1},
+           {"t": 15.0, "pid": D, "event": "driver_result", "trial": "b", "epoch": 1}]
+    worker = [("trial_start", 7.0, {"trial": "a", "n": 1, "process_start": 5.5}), ("fit_start", 7.2, {}),
+              ("train_start", 7.3, {}), ("epoch_start", 7.3, {"epoch": 0}), ("val_start", 8.0, {"epoch": 0}),
+              ("val_end", 8.5, {"epoch": 0}), ("ckpt_written", 8.6, {"bytes": 1000}), ("report_end", 9.2, {"epoch": 0}),
+              ("train_end", 9.3, {}), ("fit_left", 9.4, {}), ("trial_end", 9.6, {"trial": "a", "stopped": False}),
+              ("trial_start", 10.0, {"trial": "b", "n": 2, "process_start": 5.5}), ("fit_start", 10.1, {}),
+              ("train_start", 10.2, {}), ("epoch_start", 10.2, {"epoch": 0}), ("val_start", 14.0, {"epoch": 0}),
+              ("val_end", 14.5, {"epoch": 0}), ("ckpt_written", 14.7, {"bytes": 1000}), ("fit_left", 15.5, {}),
+              ("trial_end", 15.8, {"trial": "b", "stopped": True})]
+    ev += [{"t": t, "pid": W, "event": e, **f} for e, t, f in worker]
+    run = {"launch": 0.0, "exit": 24.0, "events": sorted(ev, key=lambda e: e["t"])}
+    out = bench.decompose(run, lanes=2)
+    rows = out["rows"]
+    assert out["wall"] == 24.0 and abs(out["unaccounted"]) < 1e-9
+    assert rows["trials: training steps"] == pytest.approx((0.7 + 3.8) / 2)
+    assert rows["trials: validation steps"] == pytest.approx((0.5 + 0.5) / 2)
+    assert rows["trials: checkpoint write"] == pytest.approx((0.1 + 0.2) / 2)
+    assert rows["trials: trial stopped: the driver's decision, Lightning's teardown"] == pytest.approx(0.5 / 2)
+    assert rows["trials: between trials (worker reused)"] == pytest.approx(0.4 / 2)
+    assert rows["final scoring (test split)"] == pytest.approx(0.8) and rows["driver exit"] == pytest.approx(0.9)
+    assert out["first_report"] == 9.0 and out["setup_fresh"] == [pytest.approx(0.3)]
+    assert out["setup_reused"] == [pytest.approx(0.2)] and out["trials"] == 2
