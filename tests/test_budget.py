@@ -77,7 +77,8 @@ def test_the_budget_buys_more_trials_than_full_ones_and_ends_within_it(search):
     assert (table["status"] == "stopped early").any() and not (table["status"] == "error").any(), table
     assert f"budget: {table['epochs'].sum()}/{BUDGET} trial-epochs" in text, text[-3000:]  # the summary
     best = json.loads((search["run"] / "best.json").read_text())
-    assert best["budget"] == {"trial_epochs": BUDGET, "used": int(table["epochs"].sum())}
+    # no re-evaluation in this search (write_space: final.top_k 0), so nothing of the budget is kept for it
+    assert best["budget"] == {"trial_epochs": BUDGET, "used": int(table["epochs"].sum()), "kept_for_reeval": 0}
     assert (search["exp"] / "best" / "export.json").is_file()
 
 
