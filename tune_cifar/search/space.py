@@ -9,6 +9,7 @@ which values fit them in ``keys``; the ``search`` section in ``settings``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass, field
@@ -176,7 +177,8 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"override {ov}: {bare} is set by the search; use {RESERVED[bare]}")
         hydra_ov.append(ov)
     base = to_plain(compose([*base_ov, *hydra_ov]))
-    base_cfg = _base_config(where, base, config_from_dict)  # the base alone must be valid
+    with _in_base_config(where):  # the base alone must be valid
+        base_cfg = config_from_dict(base)
     search = parse_settings(where, search_raw, base)
 
     params: dict[str, Param] = {}
@@ -220,14 +222,16 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not isinstance(point, dict):
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
-    _base_config(where, base_cfg, check_metrics)  # its metrics too: built once (torchmetrics), so the last check
+    with _in_base_config(where):  # its metrics too: each built once (torchmetrics), so the last check
+        check_metrics(base_cfg)
     return space
 
 
-def _base_config(where: str, value, check):
-    """``check(value)``, its error naming the space file's base config."""
+@contextlib.contextmanager
+def _in_base_config(where: str):
+    """A check of the space file's base config: its error names the file and the base config."""
     try:
-        return check(value)
+        yield
     except UserError as err:
         raise UserError(f"{where}: base config: {str(err).removeprefix('config: ')}") from None
 
