@@ -39,9 +39,9 @@ def finished(tmp_path_factory) -> tuple[Path, Path]:
     return work, space
 
 
-def search(cwd: Path, space: Path, *args: str) -> subprocess.CompletedProcess:
+def search(cwd: Path, space: Path, *args: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_CIFAR_TEST"))}
-    return subprocess.run([sys.executable, "-m", "tune_cifar.search", str(space), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, *flags, "-m", "tune_cifar.search", str(space), *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
                           start_new_session=True)
 
@@ -74,9 +74,13 @@ class Payload:
 
 def refused(work: Path, space: Path, damaged: Path | None = None) -> str:
     before = tree(work / "outputs")
-    result = search(work, space, "--resume")
+    result = search(work, space, "--resume", flags=("-X", "importtime"))
     assert result.returncode == 2, result.stdout[-3000:]
     assert "Traceback" not in result.stdout, result.stdout[-3000:]
+    # answered from the run folder, before the seconds of torch's and Ray Tune's imports (counted, not timed)
+    imported = {ln.split("|")[-1].strip() for ln in result.stdout.splitlines() if ln.startswith("import time:")}
+    heavy = imported & {"torch", "ray.tune"}
+    assert "tune_cifar.search.storage" in imported and not heavy, heavy
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("tune_cifar.search: error: --resume:")]
     assert len(lines) == 1, result.stdout[-3000:]
     if damaged is not None:

@@ -28,7 +28,7 @@ from ..packaged import config_dir_override
 from ..timeline import mark
 from . import budget, claim, cluster, final, interrupt, storage, trust
 from .stages import timeline_callbacks
-from .space import SearchSpace, check_measurable, load_space
+from .space import SearchSpace, check_deep, check_measurable, load_space
 
 log = logging.getLogger("tune_cifar")
 
@@ -66,7 +66,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                resume: bool = False, new_name: bool = False) -> dict:
     """Run the trials (or ``resume`` the experiment's latest run), write results.csv and the reports,
     export the best trial; returns a summary dict (``interrupted: True`` if stopped before the end)."""
-    from . import study
+    from .names import STUDY_FILE, study_name
     from .registry import scheduler_parts
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
@@ -78,8 +78,11 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         storage.check_resume(plan)
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
         if parts.uses_study and not s.optuna_storage:  # the run's own study (PBT has none)
-            trust.check_study_file(paths.local / study.STUDY_FILE, study.study_name(s))
-    elif parts.uses_study and s.optuna_storage:  # the default study is new: it lives in the new run folder
+            trust.check_study_file(paths.local / STUDY_FILE, study_name(s))
+        check_deep(space)  # main left the space's slower checks until the run folder's were passed
+    from . import study  # Optuna and Ray Tune's searcher: after the checks above, so that they answer at once
+
+    if not plan.resume and parts.uses_study and s.optuna_storage:  # the default study is new: in the new run folder
         study.check_study(study.optuna_storage(s), space)  # direction and parameters, before anything is written
     run_dir = paths.local
     # torch and the rest of Ray only now: a refused --resume answers without them
@@ -249,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         overrides.append(config_dir_override(args.config_dir))
     if args.params and not args.debug:
         raise UserError("--params only works with --debug (a search samples its parameters)")
-    space = load_space(args.space_file, overrides)
+    # --resume: the space's checks that import torch come after the run folder's (a refusal answers at once)
+    space = load_space(args.space_file, overrides, deep=args.debug or not args.resume)
     s = space.search  # before any folder, Ray or Tuner: the local output place must be usable
     key = "search.local_path" if storage.is_uri(s.storage_path) else "search.storage_path"
     check_output_dir(storage.local_root(s), key)

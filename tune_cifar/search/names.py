@@ -18,6 +18,12 @@ WORLD_SIZE = "world_size"  # reported by a multi-worker trial (distributed.py): 
 RAY_TRIAL, RUN, BEST_EPOCH, ENDED = "ray_trial_id", "run", "best_epoch", "ended"
 # several objectives: {epoch: [value per objective]} (Optuna keeps no intermediate values for them)
 EPOCH_VALUES = "epoch_values"
+STUDY_FILE = "optuna.db"  # the default study, in the run folder
+
+
+def study_name(s) -> str:
+    """The Optuna study's name: ``search.optuna_study``, else the experiment's."""
+    return getattr(s, "optuna_study", None) or s.experiment
 
 
 def checkpoint_file(directory: str | Path) -> Path:

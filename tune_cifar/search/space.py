@@ -130,9 +130,10 @@ def _conds(p: Param) -> str:
     return " and ".join(f"{k} in {list(v)}" for k, v in p.when.items())
 
 
-def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
+def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (), deep: bool = True) -> SearchSpace:
     """Read and validate a search-space file; ``overrides`` apply to the base config
-    (``key=value``, Hydra syntax) or to the search section (``search.key=value``)."""
+    (``key=value``, Hydra syntax) or to the search section (``search.key=value``). ``deep=False`` leaves
+    out the checks that import torch (check_deep), for a caller that runs them later."""
     path = find_space(path)  # a path, or the name of a bundled space (tune_cifar/search_spaces)
     where = str(path)
     try:
@@ -178,7 +179,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         hydra_ov.append(ov)
     base = to_plain(compose([*base_ov, *hydra_ov]))
     with _in_base_config(where):  # the base alone must be valid
-        base_cfg = config_from_dict(base)
+        config_from_dict(base)
     search = parse_settings(where, search_raw, base)
 
     params: dict[str, Param] = {}
@@ -203,7 +204,6 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise UserError(f"{where}: search.searcher.points_to_evaluate must be a list of mappings")
     if not any(p.sampled for p in params.values()):
         raise UserError(f"{where}: params has no sampled parameter (only fixed values)")
-    check_models(where, base, params)
 
     apply_to_base(base, search)
     fixed = [p for p in params.values() if not p.sampled and not p.when and not p.depends_on]
@@ -222,9 +222,18 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not isinstance(point, dict):
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
-    with _in_base_config(where):  # its metrics too: each built once (torchmetrics), so the last check
-        check_metrics(base_cfg)
+    if deep:
+        check_deep(space)
     return space
+
+
+def check_deep(space: SearchSpace) -> None:
+    """The checks that import torch, torchmetrics and a model provider's library (seconds of a refusal):
+    every model name exists in its provider, every metric builds. load_space runs them last; a --resume
+    runs them after its checks of the run folder, so that a refused --resume answers at once."""
+    check_models(space.path, space.base, {p.key: p for p in space.params})  # fixed values are in base
+    with _in_base_config(space.path):
+        check_metrics(config_from_dict(space.base))
 
 
 @contextlib.contextmanager

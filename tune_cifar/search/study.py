@@ -45,9 +45,8 @@ from pathlib import Path
 from ray.tune.search.optuna import OptunaSearch
 
 from ..errors import UserError
-from .names import BEST_EPOCH, ENDED, EPOCH_VALUES, RAY_TRIAL, RUN, STOP_REASON, epoch_values
-
-STUDY_FILE = "optuna.db"  # the default study, in the run folder
+from .names import (BEST_EPOCH, ENDED, EPOCH_VALUES, RAY_TRIAL, RUN, STOP_REASON, STUDY_FILE,  # noqa: F401
+                    epoch_values, study_name)
 
 
 def default_storage_url(run_dir: str | Path) -> str:
@@ -87,10 +86,6 @@ def open_storage(url: str):
     except Exception as err:
         raise UserError(f"search.optuna_storage={url}: {str(err).strip().splitlines()[0][:200]}; allowed: an "
                         f"SQLAlchemy URL such as sqlite:///optuna.db or postgresql://user@host/db") from None
-
-
-def study_name(s) -> str:
-    return getattr(s, "optuna_study", None) or s.experiment
 
 
 def check_study_direction(storage, s) -> None:
