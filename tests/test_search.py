@@ -42,7 +42,7 @@ def grid_results(out: dict) -> list:
     return [pd.read_csv(p) for p in Path(out["ray_dir"]).glob("trial_*/progress.csv")]
 
 
-def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root, monkeypatch):
+def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root, monkeypatch, capsys):
     import ray
 
     from tune_cifar.faults import TEST_FAULTS_ENV
@@ -86,6 +86,32 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     assert (table["epochs"] == 3).any() and not (table["status"] == "error").any()
     assert out["trial_epochs"] == table["epochs"].sum() < 12
     assert table["accuracy/val"].iloc[0] == table["accuracy/val"].max()  # sorted, best first
+
+    # The run folder's Optuna study holds each trial as results.csv says (completed: COMPLETE with its
+    # best-epoch value; stopped early: PRUNED with every epoch; nothing RUNNING), and the importance line
+    # says why it has no ranking (4 trials: too few for its noise test, tests/test_importance.py).
+    import optuna
+
+    run_dir = Path(out["run_dir"])
+    assert out["study"] == f"sqlite:///{run_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny", storage=out["study"])
+    trials = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(trials) == set(table["trial_id"].astype(str))
+    for _, row in table.iterrows():
+        t = trials[str(row["trial_id"])]
+        assert t.state.name == {"completed": "COMPLETE", "stopped early": "PRUNED"}[row["status"]], row["trial_id"]
+        progress = pd.read_csv(run_dir / f"trial_{row['trial_id']}" / "progress.csv")
+        assert t.intermediate_values == pytest.approx(dict(zip(progress["training_iteration"],
+                                                               progress["accuracy/val"])))
+        assert t.user_attrs["best_epoch"] == row["best_epoch"]
+        if row["status"] == "completed":
+            assert t.value == pytest.approx(row["accuracy/val"])  # the value results.csv ranks by
+    if table["status"].iloc[0] == "completed":  # results.csv's first row is what the export takes
+        best_json = json.loads((run_dir / "best.json").read_text())
+        assert study.best_trial.user_attrs["ray_trial_id"] == best_json["best_trial"] == str(table["trial_id"].iloc[0])
+    printed = capsys.readouterr().out
+    assert "parameter importance: needs at least 8 completed or stopped-early trials, this search has 4" in printed
+    assert not (run_dir / "param_importances.png").exists()
 
     # Memory is released when a trial ends or ASHA stops it: Ray reuses worker processes, and a reused
     # worker starts its next trial holding no model of the last one (on a GPU also: no allocated MiB).

@@ -1,15 +1,13 @@
-"""The search's Optuna study: states and values it is told, the default study, warm starts, the
-importance line of a real search (issue 12 items 1 and 4; the importance test itself: test_importance.py);
-the metric-mode and scoring-key guard rails (item 2)."""
+"""The search's Optuna study: states and values it is told, the default study, warm starts (issue 12 items 1
+and 4; the importance test itself: test_importance.py); the metric-mode and scoring-key guard rails (item 2).
+A real ASHA search's study against its results.csv, and its importance line: test_search.py (one search)."""
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from conftest import write_space
@@ -175,49 +173,6 @@ def test_a_warm_start_does_not_redraw_the_earlier_points(tmp_path, data_root):
 
 
 # --------------------------------------------------------------------------- a real ASHA search
-
-
-def test_asha_search_study_agrees_with_results_csv(tmp_path, data_root, capsys):
-    """6 trials, ASHA stops some: the run folder's study holds each as results.csv says (completed:
-    COMPLETE with the best-epoch value; stopped early: PRUNED with every epoch); nothing RUNNING;
-    the importance line (6 trials: too few for its noise test, tests/test_importance.py)."""
-    import ray
-
-    from tune_cifar.search.cli import run_search
-
-    space = load(tmp_path, data_root, {
-        "num_samples": 6, "max_concurrent_trials": 2, "resources": {"cpu": 1},
-        "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2}},
-        points=[STRONG, WEAK, {**STRONG, "optimizer.lr": 0.005}, {**WEAK, "optimizer.optimizer": "adamw"}])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        out = run_search(space)
-    finally:
-        ray.shutdown()
-    printed = capsys.readouterr().out
-    run_dir = Path(out["run_dir"])
-    table = pd.read_csv(run_dir / "results.csv").set_index("trial_id")
-    assert (table["status"] == "stopped early").any() and (table["status"] == "completed").any()
-
-    study = study_of(f"sqlite:///{run_dir / 'optuna.db'}")
-    trials = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
-    assert set(trials) == set(table.index.astype(str)) and len(trials) == 6
-    expected = {"completed": "COMPLETE", "stopped early": "PRUNED", "failed": "FAIL", "error": "FAIL"}
-    for trial_id, row in table.iterrows():
-        t = trials[str(trial_id)]
-        assert t.state.name == expected[row["status"]], trial_id
-        progress = pd.read_csv(run_dir / f"trial_{trial_id}" / "progress.csv")
-        assert t.intermediate_values == pytest.approx(dict(zip(progress["training_iteration"],
-                                                               progress["accuracy/val"])))
-        assert t.user_attrs["best_epoch"] == row["best_epoch"]
-        if row["status"] == "completed":
-            assert t.value == pytest.approx(row["accuracy/val"])  # the value results.csv ranks by
-    best = json.loads((run_dir / "best.json").read_text())
-    if table["status"].iloc[0] == "completed":  # results.csv's first row is what the export takes
-        assert study.best_trial.user_attrs["ray_trial_id"] == best["best_trial"] == str(table.index[0])
-    assert "parameter importance: needs at least 8 completed or stopped-early trials, this search has 6" in printed
-    assert not (run_dir / "param_importances.png").exists()
-    assert out["study"] == f"sqlite:///{run_dir / 'optuna.db'}"
 
 
 # --------------------------------------------------------------------------- guard rails (item 2)
