@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark script's CPU path (scripts/gpu_check.sh runs it on a GPU machine)
 def test_gpu_epoch_bench_runs_on_cpu():
     out = subprocess.run(
         [sys.executable, "bench/gpu_epoch.py", "--images", "256", "--batch-size", "64", "--epochs", "2",

@@ -62,6 +62,7 @@ def test_non_finite_loss_ends_training_with_its_reason(tiny_cfg):
         run_trial(cfg, load_data(cfg.data, cfg.task.task), None, trial_callbacks({}))
 
 
+@pytest.mark.slow  # tooling, not a README promise: two fresh processes importing torch
 def test_fault_injection_is_loaded_only_when_its_variable_is_set():
     """A user's trial never imports the test-only fault injection; with TUNE_CIFAR_TEST_FAULTS it does."""
     script = ("import sys; from tune_cifar.faults import trial_callbacks; "

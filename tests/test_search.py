@@ -182,6 +182,9 @@ def work_per_trial(timeline: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+# slow: the registries' extension path; test_scheduler_registry.py runs a plugin's scheduler through a real
+# search in the default run
+@pytest.mark.slow
 def test_a_registered_scheduler_and_searcher_are_one_function_each(tmp_path, data_root):
     """Registering a scheduler and a searcher by name makes them valid search settings (and named in the
     allowed values), and a search runs with them: the Tuner drives the registered objects."""

@@ -204,6 +204,7 @@ def test_cli_prints_no_traceback(cifar10_root, tmp_path):
 
 
 @needs_fashion
+@pytest.mark.slow  # learning quality on real data (the demo shows it end to end): 2 epochs of 2,000 real images
 def test_small_cnn_learns_real_fashion_mnist(tmp_path):
     """Real data: the built-in CNN, 2,000 training images (1,000 to validate), 2 epochs, >= 72% on the
     whole real test set (10,000 images; chance is 10%).
