@@ -34,6 +34,22 @@ def _space(tmp_path: Path, data_root: Path, search: dict, points: list) -> Path:
     return write_space(tmp_path, data_root, {"resources": {"cpu": 1, "workers": 2}, **search}, points)
 
 
+def _pbt_space(tmp_path: Path, data_root: Path) -> Path:
+    """2 trials of 2 workers under PBT (the learning rate only: a key a restored trial can change): strong
+    and weak, so that the weak one is exploited at the first interval."""
+    import yaml
+
+    pbt = write_space(tmp_path, data_root, {"resources": {"cpu": 1, "workers": 2}, "num_samples": 2, "scheduler": {
+        "name": "pbt", "max_epochs": 2, "perturbation_interval": 1, "quantile_fraction": 0.5}}, name="pbt.yaml")
+    doc = yaml.safe_load(pbt.read_text())
+    doc["base"] += ["optimizer=adamw", "optimizer.scheduler.name=none"]
+    doc["params"] = {"optimizer.lr": {"loguniform": [1e-5, 0.05]}}
+    doc["search"]["searcher"] = {"name": "random", "seed": 0,
+                                 "points_to_evaluate": [{"optimizer.lr": 0.01}, {"optimizer.lr": 1e-5}]}
+    pbt.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return pbt
+
+
 def _env(**extra: str) -> dict:
     """A user's shell (no Ray or test-fault variables of ours), plus the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_CIFAR_TEST"))}
@@ -107,13 +123,7 @@ def test_bad_worker_settings_are_refused_when_the_space_is_read(tmp_path, data_r
     for override, message in BAD:
         with pytest.raises(UserError, match=message.replace(".", r"\.")):
             load_space(space, [override])
-    pbt = tmp_path / "pbt.yaml"  # a space PBT accepts (the learning rate only), with 2 workers: refused
-    doc = __import__("yaml").safe_load(space.read_text())
-    doc["params"] = {"optimizer.lr": {"loguniform": [1e-4, 0.1]}}
-    doc["search"].update(num_samples=4, scheduler={"name": "pbt"}, searcher={"name": "random"})
-    pbt.write_text(__import__("yaml").safe_dump(doc, sort_keys=False))
-    with pytest.raises(UserError, match="search.resources.workers=2 with search.scheduler.name=pbt is not supported"):
-        load_space(pbt)
+    load_space(_pbt_space(tmp_path, data_root))  # PBT takes multi-worker trials (its test: below)
     searched = tmp_path / "searched.yaml"  # a searched global batch: every value a multiple of the workers
     doc = __import__("yaml").safe_load(space.read_text())
     for spec, ok in (({"choice": [32, 48, 33]}, False), ({"qint": [32, 128, 16]}, True), ({"int": [32, 128]}, False)):
@@ -185,6 +195,26 @@ def test_two_worker_search_asha_stops_the_weak_trial(tmp_path, data_root):
     assert table.loc["adamw", "status"] == "completed" and table.loc["adamw", "epochs"] == 2
     assert table.loc["sgd", "status"] == "stopped early" and table.loc["sgd", "epochs"] == 1
     assert set(table["world_size"]) == {2}
+    assert (tmp_path / "outputs" / "tiny" / "best" / "export.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_worker_pbt_search_exploits_and_exports(tmp_path, data_root):
+    """PBT over trials of 2 workers: on 2 CPUs one trial's workers fit at a time, so PBT is synchronous and the
+    trials take turns. A paused trial must give its workers' CPUs back (else the next one waits for them
+    without end, as it did before distributed.trial_class), an exploit restarts the weak trial from the
+    strong one's checkpoint, and the search ends and exports."""
+    if os.cpu_count() < 2:
+        pytest.skip("2 workers x 1 CPU need 2 CPUs")
+    done = _search(_pbt_space(tmp_path, data_root), tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = [d for d in (tmp_path / "outputs" / "tiny").iterdir() if d.name != "best"]
+    events = [json.loads(line) for line in (run / "pbt_exploits.jsonl").read_text().splitlines()]
+    table = pd.read_csv(run / "results.csv").set_index("trial_id")
+    assert events and table["exploits"].sum() == len(events), (events, table.to_string())
+    for e in events:  # the exploited trial went on from its donor's checkpoint, on 2 workers again
+        assert e["donor"] in table.loc[e["trial_id"], "cloned_from"]
+    assert set(table["world_size"]) == {2} and set(table["status"]) == {"completed"}, table.to_string()
     assert (tmp_path / "outputs" / "tiny" / "best" / "export.json").is_file()
 
 

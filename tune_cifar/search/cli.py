@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -111,6 +112,12 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         trainable = tune.with_resources(_trial_function(space, arrays, parts.trial_callbacks), s.resources.for_ray())
         mark("put_end")  # the arrays are in the object store
         concurrent = _concurrent_trials(s, population=parts.search_alg is not None)
+        # a trial reuses a finished trial's process (torch already imported); not multi-worker trials under PBT:
+        # a paused trial's kept process would keep its Train workers (distributed.py), and Tune's advice to turn
+        # reuse on for PBT is moot
+        reuse = s.resources.workers == 1 or parts.search_alg is None
+        if not reuse:
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance", category=UserWarning)
         if paths.resume:
             print(f"resuming {paths.ray_dir}", flush=True)
             tuner = tune.Tuner.restore(paths.ray_dir, trainable, resume_unfinished=True, resume_errored=False,
@@ -130,7 +137,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
                     metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
                     num_samples=budget.tune_num_samples(s), max_concurrent_trials=concurrent,
                     time_budget_s=s.time_budget_s, trial_dirname_creator=_trial_dirname,
-                    reuse_actors=True),  # a trial reuses a finished trial's process (torch already imported)
+                    reuse_actors=reuse),
                 run_config=tune.RunConfig(
                     name=paths.name, storage_path=paths.storage,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,
@@ -207,12 +214,12 @@ def _trial_function(space: SearchSpace, arrays, scheduler_callbacks):
         return tune.with_parameters(train_trial, space=space, arrays=arrays, scheduler_callbacks=scheduler_callbacks)
     import ray
 
-    from .distributed import train_trial_workers
+    from .distributed import train_trial_workers, trial_class
 
     # its Ray Train workers read the arrays themselves: the trial hands them the reference (in a list, which
     # Ray passes as it is) instead of arrays it would copy into every worker
-    return tune.with_parameters(train_trial_workers, space=space, arrays=[ray.put(arrays)],
-                                scheduler_callbacks=scheduler_callbacks)
+    return trial_class(tune.with_parameters(train_trial_workers, space=space, arrays=[ray.put(arrays)],
+                                            scheduler_callbacks=scheduler_callbacks))
 
 
 def _concurrent_trials(s, population: bool) -> int | None:

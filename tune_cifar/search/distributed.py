@@ -12,13 +12,19 @@ function launches a ``ray.train.torch.TorchTrainer`` whose workers fit with Ray'
 - **Reports and decisions.** At each validation end rank 0 sends its metrics and the Lightning checkpoint (its
   bytes through the object store: the workers may be on another node than the trial's process) to the trial,
   which reports them with ``tune.report`` and a Tune checkpoint, so ASHA, checkpoint retention, the
-  export and ``--resume`` see what a one-process trial gives them (PBT is refused: workers.check_scheduler).
+  export, ``--resume`` and PBT see what a one-process trial gives them.
   The trial answers *go on* or *stop* (Tune stopped it); rank 0 broadcasts the answer and all workers end the fit together. Ray's own
   ``RayTrainReportCallback`` + ``TuneReportCallback`` pair is not used: it reports at train-epoch end, before
   validation, and hands Tune metrics without a Tune checkpoint (so no checkpoint retention, PBT or export)
   and without a way back to stop the workers (a stopped trial's workers would train on).
 - **Starting from a checkpoint** (a retry, ``--resume``): the trial reads Tune's checkpoint and
   every worker resumes from its bytes.
+- **Stopped or paused.** Ray Train reserves its workers in a placement group of its own, which Tune does not
+  see (the trial holds no CPU) and which outlives a trial process that exits before the run has ended (it
+  belongs to the search, not to the trial; Train's own clean-up needs Ray's dashboard). So a trial's process
+  ends its run before it exits (``trial_class``: Tune's ``stop`` waits for it), and under PBT it is not kept
+  for reuse (cli.py: ``reuse_actors``): a trial PBT pauses, to let the next one train or to restart it from a
+  donor's checkpoint, would otherwise keep its workers, and the trial waiting for them would wait forever.
 - **Failures.** A worker's exception or death ends the Train run (Train's own retries are off) and fails the
   Tune trial, which Tune retries from its last checkpoint (``search.max_failures``), as a one-process trial.
 """
@@ -29,6 +35,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -47,6 +54,12 @@ from .space import SearchSpace
 from .trainable import TRIAL_TRAINER, reported_metrics
 
 _GO, _STOP = "go", "stop"
+# How long a stopped trial's process waits for its Train run to end before it exits anyway: as long as Tune
+# waits for a reused process's thread (TUNE_FUNCTION_THREAD_TIMEOUT_S, below). A trial PBT pauses is stopped
+# where it waits for Tune's answer to its report: its workers are told at once and end within seconds. One
+# stopped in mid-epoch (Ctrl-C) would be told at the epoch's end: not worth holding Ctrl-C up for.
+END_TIMEOUT_S = 60.0
+_RUNS: list[threading.Event] = []  # this process's Train runs (one at a time): set when each has ended
 
 
 class _Channel:
@@ -145,6 +158,32 @@ def train_trial_workers(config: dict, space: SearchSpace, arrays: list,
         release_memory()
 
 
+def trial_class(function):
+    """Tune's trainable for a multi-worker trial (``function``: train_trial_workers with its parameters): Ray's
+    class for a function trainable whose ``stop`` returns once the trial's Train run has ended, so that its
+    placement group is gone before Tune starts the trial that needs the same resources."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class MultiWorkerTrial(wrap_function(function)):
+        def cleanup(self):
+            try:
+                super().cleanup()  # wakes the trial's thread: tune.report raises SystemExit, the workers are told
+            finally:
+                _wait_for_runs()
+
+    MultiWorkerTrial.__name__ = MultiWorkerTrial.__qualname__ = function.__name__  # trial names as before
+    return MultiWorkerTrial
+
+
+def _wait_for_runs() -> None:
+    """Until this process's Train runs have ended (or END_TIMEOUT_S). A module function, not in the class
+    above: Ray sends that class by value, with copies of the globals it names, and ``_RUNS`` must be this
+    module's own."""
+    deadline = time.monotonic() + END_TIMEOUT_S
+    for ended in list(_RUNS):
+        ended.wait(max(0.0, deadline - time.monotonic()))
+
+
 def _drive(cfg: Config, space: SearchSpace, values: dict, arrays: list, scheduler_callbacks) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -179,6 +218,8 @@ def _drive(cfg: Config, space: SearchSpace, values: dict, arrays: list, schedule
             outcome["error"] = err
 
     thread = threading.Thread(target=run, name="ray-train-run", daemon=True)
+    ended = threading.Event()
+    _RUNS.append(ended)
     thread.start()
     try:
         while True:
@@ -202,6 +243,8 @@ def _drive(cfg: Config, space: SearchSpace, values: dict, arrays: list, schedule
             channel.answers.put(_GO)
         thread.join()
     finally:
+        ended.set()  # the run has ended (joined above), or this function fails
+        _RUNS.remove(ended)
         shutil.rmtree(scratch, ignore_errors=True)
     if "error" in outcome:
         raise _worker_error(outcome["error"])

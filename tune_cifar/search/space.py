@@ -26,7 +26,7 @@ from .names import REEVAL
 from .params import KINDS, Dist, Param, check_models, check_values, parse_dist, parse_param  # noqa: F401 - the grammar, importable from here
 from .registry import scheduler_parts
 from .settings import SearchSettings, apply_to_base, parse_settings, set_search_key
-from .workers import check_batch, check_scheduler
+from .workers import check_batch
 from .yamlfile import load_yaml
 
 SECTIONS = ("base", "params", "search")
@@ -217,7 +217,6 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (), de
     if check_space:  # keys the scheduler cannot search (e.g. PBT: only those a restored trial can change)
         check_space(space)
     check_batch(space)  # search.resources.workers: every global batch splits evenly over the workers
-    check_scheduler(space)  # and a population scheduler (PBT) is not offered with them
     for i, point in enumerate(search.searcher.points_to_evaluate):
         if not isinstance(point, dict):
             raise UserError(f"{where}: search.searcher.points_to_evaluate[{i}] must be a mapping of dotted keys")

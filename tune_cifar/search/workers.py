@@ -57,20 +57,6 @@ def check_batch(space) -> None:
                             f"multiple of {n}, e.g. {max(n, v - v % n)} or {v + n - v % n}")
 
 
-def check_scheduler(space) -> None:
-    """Multi-worker trials under a scheduler with its own search algorithm over a population (PBT) are refused:
-    its exploits restart running trials, and a restarted trial's new workers waited, in our one try, for
-    resources its old ones still held (Ray Train's start-up timeout, retried without end)."""
-    from .registry import scheduler_parts
-
-    s = space.search
-    if s.resources.workers > 1 and scheduler_parts(s).search_alg is not None:
-        raise UserError(f"{space.path}: search.resources.workers={s.resources.workers} with "
-                        f"search.scheduler.name={s.scheduler.name} is not supported (its exploits restart running "
-                        f"trials; not working with multi-worker trials yet); allowed: search.resources.workers: 1 "
-                        f"under {s.scheduler.name}, or scheduler asha or fifo")
-
-
 def trials_that_fit(nodes: list[dict], need: dict) -> int:
     """How many trials of ``need`` (Ray resource names) fit at once: a trial's workers on one node each
     (Ray Train's STRICT_PACK), summed over the nodes."""
