@@ -221,3 +221,24 @@ def test_search_overhead_phases_add_up_to_the_wall_time():
     assert rows["final scoring (test split)"] == pytest.approx(0.8) and rows["driver exit"] == pytest.approx(0.9)
     assert out["first_report"] == 9.0 and out["setup_fresh"] == [pytest.approx(0.3)]
     assert out["setup_reused"] == [pytest.approx(0.2)] and out["trials"] == 2
+
+
+def test_search_real_pairs_by_seed_with_a_t_interval():
+    """bench/search_real.py's statistics: differences paired by seed (a failed search pairs with nothing), a
+    Student t interval (df 4 for 5 seeds, not the normal's 1.96), the median and wins/ties/losses."""
+    bench = _load_bench("search_real")
+    assert bench.t975(4) == pytest.approx(2.776, abs=1e-3)
+    assert bench.t975(31) == pytest.approx(2.040, abs=2e-3)  # the expansion takes over from the table smoothly
+    base = [80.0, 81.0, 79.5, 82.0, 80.5, 70.0]
+    diffs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    rows = [{"arm": "fifo_random", "seed": s, "rc": 0, "test_acc": a, "trials": 8, "trial_epochs": 32,
+             "wall_s": 1.0} for s, a in enumerate(base)]
+    rows += [{"arm": "asha_tpe", "seed": s, "rc": 0, "test_acc": base[s] + d, "trials": 6, "trial_epochs": 18,
+              "wall_s": 1.0} for s, d in enumerate(diffs)]
+    rows.append({"arm": "asha_tpe", "seed": 5, "rc": 1, "wall_s": 1.0})
+    v = bench.analyse(rows)["asha_tpe"]["vs_baseline"]
+    half = 2.776 * np.std(diffs, ddof=1) / np.sqrt(5)
+    assert v["n"] == 5 and v["mean"] == pytest.approx(3.0)
+    assert (v["lo"], v["hi"]) == (pytest.approx(3.0 - half, abs=1e-3), pytest.approx(3.0 + half, abs=1e-3))
+    assert (v["median"], v["wins"], v["ties"], v["losses"]) == (pytest.approx(3.0), 5, 0, 0)
+    assert "| asha_tpe | 16 | 5 |" in bench.table(rows, bench.analyse(rows), {"asha_tpe": 16})
