@@ -137,18 +137,19 @@ def run_search(arm: str, seed: int, space: Path, work: Path) -> dict:
 def analyse(rows: list[dict]) -> dict:
     ok = {(r["arm"], r["seed"]): r for r in rows if r.get("rc") == 0}
     names = list(dict.fromkeys(r["arm"] for r in rows))
+    # only seeds whose every arm finished: a run stopped between the arms of a seed leaves its seed out
+    complete = sorted(s for s in {s for (_, s) in ok} if all((arm, s) in ok for arm in names))
     out = {}
     for arm in names:
-        seeds = sorted(s for (a, s) in ok if a == arm)
+        seeds = complete
         accs = [ok[(arm, s)]["test_acc"] for s in seeds]
         res = {"seeds": seeds, "test_median": statistics.median(accs) if accs else None,
                "test_mean": statistics.fmean(accs) if accs else None,
                "trials_median": statistics.median(ok[(arm, s)]["trials"] for s in seeds) if seeds else None,
                "epochs_median": statistics.median(ok[(arm, s)]["trial_epochs"] for s in seeds) if seeds else None,
                "wall_median": statistics.median(ok[(arm, s)]["wall_s"] for s in seeds) if seeds else None}
-        both = [s for s in seeds if (BASELINE, s) in ok]
-        if arm != BASELINE and len(both) >= 2:
-            res["vs_baseline"] = paired([ok[(arm, s)]["test_acc"] - ok[(BASELINE, s)]["test_acc"] for s in both])
+        if arm != BASELINE and len(seeds) >= 2:
+            res["vs_baseline"] = paired([ok[(arm, s)]["test_acc"] - ok[(BASELINE, s)]["test_acc"] for s in seeds])
         out[arm] = res
     return out
 

@@ -224,7 +224,7 @@ def test_search_overhead_phases_add_up_to_the_wall_time():
 
 
 def test_search_real_pairs_by_seed_with_a_t_interval():
-    """bench/search_real.py's statistics: differences paired by seed (a failed search pairs with nothing), a
+    """bench/search_real.py's statistics: differences paired by seed (a seed with a failed search is left out), a
     Student t interval (df 4 for 5 seeds, not the normal's 1.96), the median and wins/ties/losses."""
     bench = _load_bench("search_real")
     assert bench.t975(4) == pytest.approx(2.776, abs=1e-3)
@@ -236,7 +236,9 @@ def test_search_real_pairs_by_seed_with_a_t_interval():
     rows += [{"arm": "asha_tpe", "seed": s, "rc": 0, "test_acc": base[s] + d, "trials": 6, "trial_epochs": 18,
               "wall_s": 1.0} for s, d in enumerate(diffs)]
     rows.append({"arm": "asha_tpe", "seed": 5, "rc": 1, "wall_s": 1.0})
-    v = bench.analyse(rows)["asha_tpe"]["vs_baseline"]
+    a = bench.analyse(rows)
+    assert a["fifo_random"]["seeds"] == a["asha_tpe"]["seeds"] == [0, 1, 2, 3, 4]
+    v = a["asha_tpe"]["vs_baseline"]
     half = 2.776 * np.std(diffs, ddof=1) / np.sqrt(5)
     assert v["n"] == 5 and v["mean"] == pytest.approx(3.0)
     assert (v["lo"], v["hi"]) == (pytest.approx(3.0 - half, abs=1e-3), pytest.approx(3.0 + half, abs=1e-3))
