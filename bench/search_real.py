@@ -16,7 +16,7 @@ with its ``params`` as they are and its ``base`` and ``search`` blocks replaced 
 - ``asha_tpe``: ASHA (grace period 1, reduction factor 3: the defaults BENCHMARKS.md chose) + TPE (4 start-up
   trials, as cpu_small), budget = ``--fraction`` x ``--budget``;
 - ``--reeval`` adds ``asha_tpe_reeval``: the same at the same budget with ``search.final: {top_k: 2, seeds: 1}``
-  reserved out of it (``budget_share`` 0.5: two runs of max_epochs).
+  reserved out of it (``budget_share`` 0.5: two runs of max_epochs). Not run yet (BENCHMARKS.md).
 
 Pairing: searcher seed S (``search.searcher.seed``) and ``run.seed`` = 1000 + S (the validation split, the data
 subsets and the training draws; the same for every arm of seed S, different across seeds), so arms of one seed
