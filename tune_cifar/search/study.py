@@ -45,7 +45,7 @@ from pathlib import Path
 from ray.tune.search.optuna import OptunaSearch
 
 from ..errors import UserError
-from .names import (BEST_EPOCH, ENDED, EPOCH_VALUES, RAY_TRIAL, RUN, STOP_REASON, STUDY_FILE,  # noqa: F401
+from .names import (BEST_EPOCH, ENDED, EPOCH_VALUES, RAY_TRIAL, RUN, STOP_REASON, STUDY_FILE,
                     epoch_values, study_name)
 
 
