@@ -4,7 +4,10 @@ Each test starts ``python -m tune_cifar.search`` as a user would (its own sessio
 process group is what a terminal's Ctrl-C sends to the foreground job), waits until the search is at a
 given moment, sends a real signal, and reads what is on disk: trials ``unfinished``, nothing exported,
 an earlier export and ``outputs/best`` untouched, the exact ``--resume`` command printed, exit 130.
-Trials are held at a chosen epoch by the test-only fault ``sleep`` (tune_cifar/faults.py).
+Trials are held at a chosen epoch by the test-only fault ``sleep`` (tune_cifar/faults.py). One trial runs at
+a time (the second is created when the first ends), so a search costs one trial process, not two: the
+interruption meets one running trial and one not yet begun, and ``--resume`` must continue the first and run
+the second.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def data_root(tmp_path_factory) -> Path:
 def _space(tmp_path: Path, data_root: Path) -> Path:
     points = [{"optimizer.optimizer": "adamw", "optimizer.lr": lr} for lr in LRS]
     return write_space(tmp_path, data_root, {
-        "num_samples": 2, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "num_samples": 2, "max_concurrent_trials": 1, "resources": {"cpu": 1},
         "scheduler": {"name": "fifo", "max_epochs": EPOCHS}}, points, searcher="random")
 
 
@@ -71,10 +74,10 @@ def _start(space: Path, cwd: Path, *args: str, env: dict | None = None) -> tuple
     return proc, log
 
 
-def _sleep_faults(state: Path, epoch: int, stage: str | None = None) -> str:
-    rules = [{"when": {"optimizer.lr": lr}, "epoch": epoch, "fault": "sleep", "seconds": 600, "times": 1,
-              "state_dir": str(state)} for lr in LRS]
-    return json.dumps(rules)
+def _sleep_faults(state: Path, epoch: int) -> str:
+    """The first trial (LRS[0]) sleeps in ``epoch`` on its first attempt; the second never does."""
+    return json.dumps([{"when": {"optimizer.lr": LRS[0]}, "epoch": epoch, "fault": "sleep", "seconds": 600,
+                        "times": 1, "state_dir": str(state)}])
 
 
 def _wait(cond, proc: subprocess.Popen, log: Path, what: str, timeout: float = 150) -> None:
@@ -121,15 +124,16 @@ def _check_interrupted(tmp_path: Path, proc: subprocess.Popen, log: Path, before
     return table
 
 
-def _signal_when_both_sleep(tmp_path, data_root, epoch: int, send):
-    """A search whose two trials sleep in ``epoch`` (first attempt only), an earlier export in place;
-    ``send(proc)`` once both sleep. Returns (space, proc, log, the earlier export's bytes, fault state)."""
+def _signal_when_it_sleeps(tmp_path, data_root, epoch: int, send):
+    """A search whose first trial sleeps in ``epoch`` (first attempt only; the second trial waits for its slot),
+    an earlier export in place; ``send(proc)`` once it sleeps. Returns (space, proc, log, the earlier export's
+    bytes, fault state)."""
     space = _space(tmp_path, data_root)
     _, before = _previous_export(tmp_path)
     state = tmp_path / "faults"
     proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=epoch)}))
     try:
-        _wait(lambda: _sleeping_trials(state) == 2, proc, log, f"both trials sleep in epoch {epoch}")
+        _wait(lambda: _sleeping_trials(state) == 1, proc, log, f"the first trial sleeps in epoch {epoch}")
         send(proc)
     except BaseException:
         _end(proc)
@@ -142,13 +146,13 @@ def _ctrl_c(proc) -> None:
 
 
 def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path, data_root):
-    """Ctrl-C (SIGINT to the process group) with both trials created, past a checkpoint, inside epoch 2;
-    then --resume continues them from that checkpoint, and exports."""
-    space, proc, log, before, state = _signal_when_both_sleep(tmp_path, data_root, 2, _ctrl_c)
+    """Ctrl-C (SIGINT to the process group) with the first trial past a checkpoint, inside epoch 2; then
+    --resume continues it from that checkpoint, runs the second trial, and exports."""
+    space, proc, log, before, state = _signal_when_it_sleeps(tmp_path, data_root, 2, _ctrl_c)
     table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
-    assert len(table) == 2 and list(table["epochs"]) == [1, 1]
+    assert len(table) == 1 and list(table["epochs"]) == [1]
 
-    # the printed command continues both trials from epoch 1 (the faults fired once: no sleep now)
+    # the printed command continues the trial from epoch 1 (the fault fired once: no sleep now), then the next
     proc, log = _start(space, tmp_path, "--resume", env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, 2)}))
     try:
         assert proc.wait(300) == 0, log.read_text()[-3000:]
@@ -165,14 +169,14 @@ def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path,
 
 
 def test_ctrl_c_before_the_first_report(tmp_path, data_root):
-    space, proc, log, before, _ = _signal_when_both_sleep(tmp_path, data_root, 1, _ctrl_c)
+    space, proc, log, before, _ = _signal_when_it_sleeps(tmp_path, data_root, 1, _ctrl_c)
     table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
-    assert list(table["epochs"]) == [0, 0]
+    assert list(table["epochs"]) == [0]
 
 
 def test_sigterm_to_the_driver_mid_epoch(tmp_path, data_root):
     """A batch scheduler's SIGTERM, to the driver process only."""
-    space, proc, log, before, _ = _signal_when_both_sleep(tmp_path, data_root, 2,
+    space, proc, log, before, _ = _signal_when_it_sleeps(tmp_path, data_root, 2,
                                                           lambda p: p.send_signal(signal.SIGTERM))
     _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
 
