@@ -31,7 +31,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path]:
     data = work / "data"
     write_cifar10(data, n_train=160, n_test=40, seed=0)
     space = write_space(work, data, {
-        "num_samples": 2, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "num_samples": 2, "max_concurrent_trials": 1, "resources": {"cpu": 1},
         "scheduler": {"name": "fifo", "max_epochs": 1}},  # one checkpoint per trial is all --resume reads
         [{"optimizer.optimizer": "adamw", "optimizer.lr": lr} for lr in (0.01, 0.02)], searcher="random")
     result = search(work, space)

@@ -472,7 +472,7 @@ def test_moved_export_of_a_real_search(cifar10_root, tmp_path):
                  "model=small_cnn", "model.model_name=tiny_cnn"],
         "params": {"optimizer.lr": {"loguniform": [1e-3, 0.05]}, "optimizer.optimizer": "adamw"},
         "search": {"experiment": "tiny", "storage_path": str(tmp_path / "outputs"), "num_samples": 2,
-                   "max_concurrent_trials": 2, "resources": {"cpu": 1},
+                   "max_concurrent_trials": 1, "resources": {"cpu": 1},
                    "scheduler": {"name": "fifo", "max_epochs": 2}, "final": {"top_k": 0}},
     }, sort_keys=False))
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")

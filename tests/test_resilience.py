@@ -544,7 +544,7 @@ def test_search_on_an_existing_ray_cluster_with_uri_storage(tmp_path, data_root,
 
     shared, local = tmp_path / "shared", tmp_path / "local"
     path = space_file(tmp_path, data_root, {
-        "num_samples": 2, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "num_samples": 2, "max_concurrent_trials": 1, "resources": {"cpu": 1},
         "scheduler": {"name": "fifo", "max_epochs": 1}, "storage_path": f"file://{shared}",
         "local_path": str(local)}, points=[GOOD, point(0.002)])
 
