@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,12 +70,14 @@ def main() -> None:
     old = {p for p in os.listdir("/proc") if p.isdigit()}
     seen: dict = {}
     start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while proc.poll() is None:
-        snapshot(seen, old)
-        time.sleep(0.5)
-    wall = time.monotonic() - start
-    tail = proc.stdout.read().strip().splitlines()[-1:]
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a long failure report cannot block pytest
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            snapshot(seen, old)
+            time.sleep(0.5)
+        wall = time.monotonic() - start
+        log.seek(0)
+        tail = log.read().strip().splitlines()[-1:]
     totals: dict = collections.defaultdict(lambda: [0.0, 0])
     for cpu, name, cmd in seen.values():
         totals[kind(name, cmd)][0] += cpu

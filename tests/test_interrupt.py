@@ -7,7 +7,7 @@ an earlier export and ``outputs/best`` untouched, the exact ``--resume`` command
 Trials are held at a chosen epoch by the test-only fault ``sleep`` (tune_cifar/faults.py). One trial runs at
 a time (the second is created when the first ends), so a search costs one trial process, not two: the
 interruption meets one running trial and one not yet begun, and ``--resume`` must continue the first and run
-the second.
+the second. The SIGTERM test holds both trials at once: several running trials, each left unfinished.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def _space(tmp_path: Path, data_root: Path) -> Path:
+def _space(tmp_path: Path, data_root: Path, at_once: int = 1) -> Path:
     points = [{"optimizer.optimizer": "adamw", "optimizer.lr": lr} for lr in LRS]
     return write_space(tmp_path, data_root, {
-        "num_samples": 2, "max_concurrent_trials": 1, "resources": {"cpu": 1},
+        "num_samples": 2, "max_concurrent_trials": at_once, "resources": {"cpu": 1},
         "scheduler": {"name": "fifo", "max_epochs": EPOCHS}}, points, searcher="random")
 
 
@@ -74,10 +74,11 @@ def _start(space: Path, cwd: Path, *args: str, env: dict | None = None) -> tuple
     return proc, log
 
 
-def _sleep_faults(state: Path, epoch: int) -> str:
-    """The first trial (LRS[0]) sleeps in ``epoch`` on its first attempt; the second never does."""
-    return json.dumps([{"when": {"optimizer.lr": LRS[0]}, "epoch": epoch, "fault": "sleep", "seconds": 600,
-                        "times": 1, "state_dir": str(state)}])
+def _sleep_faults(state: Path, epoch: int, trials: int = 1) -> str:
+    """The first ``trials`` trials (by learning rate, LRS) sleep in ``epoch`` on their first attempt; the others
+    never do."""
+    return json.dumps([{"when": {"optimizer.lr": lr}, "epoch": epoch, "fault": "sleep", "seconds": 600, "times": 1,
+                        "state_dir": str(state)} for lr in LRS[:trials]])
 
 
 def _wait(cond, proc: subprocess.Popen, log: Path, what: str, timeout: float = 150) -> None:
@@ -124,16 +125,17 @@ def _check_interrupted(tmp_path: Path, proc: subprocess.Popen, log: Path, before
     return table
 
 
-def _signal_when_it_sleeps(tmp_path, data_root, epoch: int, send):
-    """A search whose first trial sleeps in ``epoch`` (first attempt only; the second trial waits for its slot),
-    an earlier export in place; ``send(proc)`` once it sleeps. Returns (space, proc, log, the earlier export's
-    bytes, fault state)."""
-    space = _space(tmp_path, data_root)
+def _signal_when_it_sleeps(tmp_path, data_root, epoch: int, send, at_once: int = 1):
+    """A search whose first trial sleeps in ``epoch`` (first attempt only; the second waits for its slot), or
+    with ``at_once=2`` both trials at once, an earlier export in place; ``send(proc)`` once they sleep.
+    Returns (space, proc, log, the earlier export's bytes, fault state)."""
+    space = _space(tmp_path, data_root, at_once)
     _, before = _previous_export(tmp_path)
     state = tmp_path / "faults"
-    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epoch=epoch)}))
+    faults = _sleep_faults(state, epoch=epoch, trials=at_once)
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: faults}))
     try:
-        _wait(lambda: _sleeping_trials(state) == 1, proc, log, f"the first trial sleeps in epoch {epoch}")
+        _wait(lambda: _sleeping_trials(state) == at_once, proc, log, f"{at_once} trial(s) sleep in epoch {epoch}")
         send(proc)
     except BaseException:
         _end(proc)
@@ -175,10 +177,17 @@ def test_ctrl_c_before_the_first_report(tmp_path, data_root):
 
 
 def test_sigterm_to_the_driver_mid_epoch(tmp_path, data_root):
-    """A batch scheduler's SIGTERM, to the driver process only."""
+    """A batch scheduler's SIGTERM, to the driver process only, with two trials running at once (the one test
+    here that interrupts several: each is left unfinished, and the study holds none RUNNING)."""
     space, proc, log, before, _ = _signal_when_it_sleeps(tmp_path, data_root, 2,
-                                                          lambda p: p.send_signal(signal.SIGTERM))
-    _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
+                                                         lambda p: p.send_signal(signal.SIGTERM), at_once=2)
+    table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
+    assert len(table) == 2 and list(table["epochs"]) == [1, 1]
+    import optuna
+
+    (run,) = [d for d in (tmp_path / "outputs" / "tiny").iterdir() if d.name != "best"]
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'optuna.db'}").trials
+    assert len(trials) == 2 and "RUNNING" not in {t.state.name for t in trials}
 
 
 def test_ctrl_c_during_the_final_export(tmp_path, data_root):

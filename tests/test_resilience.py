@@ -415,7 +415,7 @@ def test_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path, data
     assert out["run_dir"] == str(run) and len(table) == n and table["trial_id"].is_unique
     assert set(before) <= set(table["trial_id"].astype(str)) and set(table["status"]) == {"completed"}
     for progress in run.glob("trial_*/progress.csv"):  # no epoch ran twice: finished trials not re-run,
-        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2], progress  # hung ones resumed
+        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2], progress  # the hung one resumed
     assert (exp / "best" / "export.json").is_file()
     # The run folder's Optuna study: the hung trial went on in its Optuna trial, nothing RUNNING.
     _assert_study_closed(run, table)
