@@ -80,8 +80,9 @@ def main() -> None:
         tail = log.read().strip().splitlines()[-1:]
     totals: dict = collections.defaultdict(lambda: [0.0, 0])
     for cpu, name, cmd in seen.values():
-        totals[kind(name, cmd)][0] += cpu
-        totals[kind(name, cmd)][1] += 1
+        row = totals[kind(name, cmd)]
+        row[0] += cpu
+        row[1] += 1
     total = sum(cpu for cpu, _ in totals.values())
     print(f"suite: {' '.join(tail)} (exit {proc.returncode}); wall {wall:.0f} s; sampled CPU {total:.0f} CPU-s")
     print("| kind of process | processes | CPU-s | share | CPU-s each |\n|---|---|---|---|---|")
