@@ -80,7 +80,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
         if parts.uses_study and not s.optuna_storage:  # the run's own study (PBT has none)
             trust.check_study_file(paths.local / STUDY_FILE, study_name(s))
-        check_deep(space)  # main left the space's slower checks until the run folder's were passed
+    if not space.deep_checked:  # main left the space's slower checks until the run folder's were passed
+        check_deep(space)  # a refusal here leaves nothing: main releases the experiment's lock (claim.py)
     from . import study  # Optuna and Ray Tune's searcher: after the checks above, so that they answer at once
 
     if not plan.resume and parts.uses_study and s.optuna_storage:  # the default study is new: in the new run folder
@@ -259,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         overrides.append(config_dir_override(args.config_dir))
     if args.params and not args.debug:
         raise UserError("--params only works with --debug (a search samples its parameters)")
-    # --resume: the space's checks that import torch come after the run folder's (a refusal answers at once)
-    space = load_space(args.space_file, overrides, deep=args.debug or not args.resume)
+    # a search: the space's checks that import torch come after the run folder's (run_search), so that a
+    # refusal of the experiment's name, lock or state answers at once
+    space = load_space(args.space_file, overrides, deep=args.debug)
     s = space.search  # before any folder, Ray or Tuner: the local output place must be usable
     key = "search.local_path" if storage.is_uri(s.storage_path) else "search.storage_path"
     check_output_dir(storage.local_root(s), key)

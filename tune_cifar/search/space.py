@@ -44,6 +44,7 @@ class SearchSpace:
     params: list[Param]
     search: SearchSettings
     context: dict = field(default_factory=dict)  # base values of every key a condition reads
+    deep_checked: bool = field(default=False, compare=False)  # check_deep has passed (load_space(deep=True))
 
     @property
     def sampled(self) -> list[Param]:
@@ -223,13 +224,15 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = (), de
         space.to_optuna(point, f"{where}: search.searcher.points_to_evaluate[{i}]")
     if deep:
         check_deep(space)
+        space = dataclasses.replace(space, deep_checked=True)
     return space
 
 
 def check_deep(space: SearchSpace) -> None:
     """The checks that import torch, torchmetrics and a model provider's library (seconds of a refusal):
-    every model name exists in its provider, every metric builds. load_space runs them last; a --resume
-    runs them after its checks of the run folder, so that a refused --resume answers at once."""
+    every model name exists in its provider, every metric builds. load_space runs them last; the command line
+    has a search run them after its checks of the run folder (run_search: the experiment's name, lock and, on
+    --resume, state), so that a refusal there answers at once."""
     check_models(space.path, space.base, {p.key: p for p in space.params})  # fixed values are in base
     with _in_base_config(space.path):
         check_metrics(config_from_dict(space.base))
