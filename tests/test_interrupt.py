@@ -4,10 +4,11 @@ Each test starts ``python -m tune_cifar.search`` as a user would (its own sessio
 process group is what a terminal's Ctrl-C sends to the foreground job), waits until the search is at a
 given moment, sends a real signal, and reads what is on disk: trials ``unfinished``, nothing exported,
 an earlier export and ``outputs/best`` untouched, the exact ``--resume`` command printed, exit 130.
-Trials are held at a chosen epoch by the test-only fault ``sleep`` (tune_cifar/faults.py). One trial runs at
-a time (the second is created when the first ends), so a search costs one trial process, not two: the
-interruption meets one running trial and one not yet begun, and ``--resume`` must continue the first and run
-the second. The SIGTERM test holds both trials at once: several running trials, each left unfinished.
+Trials are held at a chosen epoch by the test-only fault ``sleep`` (tune_cifar/faults.py). Each search
+process (with its Ray and trial processes) costs seconds of CPU, so the Ctrl-C test is one search taken
+through three commands (interrupted mid-epoch and before a first report with two trials running, resumed and
+interrupted in its export, resumed to the end), and the SIGTERM test runs one trial at a time (the second
+waits for the slot): it meets one running trial and one not yet begun.
 """
 
 from __future__ import annotations
@@ -74,11 +75,10 @@ def _start(space: Path, cwd: Path, *args: str, env: dict | None = None) -> tuple
     return proc, log
 
 
-def _sleep_faults(state: Path, epoch: int, trials: int = 1) -> str:
-    """The first ``trials`` trials (by learning rate, LRS) sleep in ``epoch`` on their first attempt; the others
-    never do."""
+def _sleep_faults(state: Path, epochs: tuple[int, ...]) -> str:
+    """Trial i (by learning rate, LRS) sleeps in ``epochs[i]`` on its first attempt; the others never do."""
     return json.dumps([{"when": {"optimizer.lr": lr}, "epoch": epoch, "fault": "sleep", "seconds": 600, "times": 1,
-                        "state_dir": str(state)} for lr in LRS[:trials]])
+                        "state_dir": str(state)} for lr, epoch in zip(LRS, epochs)])
 
 
 def _wait(cond, proc: subprocess.Popen, log: Path, what: str, timeout: float = 150) -> None:
@@ -132,17 +132,16 @@ def _check_interrupted(tmp_path: Path, proc: subprocess.Popen, log: Path, before
     return table
 
 
-def _signal_when_it_sleeps(tmp_path, data_root, epoch: int, send, at_once: int = 1):
-    """A search whose first trial sleeps in ``epoch`` (first attempt only; the second waits for its slot), or
-    with ``at_once=2`` both trials at once, an earlier export in place; ``send(proc)`` once they sleep.
+def _signal_when_it_sleeps(tmp_path, data_root, epochs: tuple[int, ...], send):
+    """A search whose trial i sleeps in ``epochs[i]`` (first attempt only; one trial per entry at once, the
+    other waits for its slot), an earlier export in place; ``send(proc)`` once they all sleep.
     Returns (space, proc, log, the earlier export's bytes, fault state)."""
-    space = _space(tmp_path, data_root, at_once)
+    space = _space(tmp_path, data_root, len(epochs))
     _, before = _previous_export(tmp_path)
     state = tmp_path / "faults"
-    faults = _sleep_faults(state, epoch=epoch, trials=at_once)
-    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: faults}))
+    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, epochs)}))
     try:
-        _wait(lambda: _sleeping_trials(state) == at_once, proc, log, f"{at_once} trial(s) sleep in epoch {epoch}")
+        _wait(lambda: _sleeping_trials(state) == len(epochs), proc, log, f"trials sleep in epochs {epochs}")
         send(proc)
     except BaseException:
         _end(proc)
@@ -154,66 +153,52 @@ def _ctrl_c(proc) -> None:
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
 
 
-def test_ctrl_c_mid_epoch_leaves_trials_unfinished_and_exports_nothing(tmp_path, data_root):
-    """Ctrl-C (SIGINT to the process group) with the first trial past a checkpoint, inside epoch 2; then
-    --resume continues it from that checkpoint, runs the second trial, and exports."""
-    space, proc, log, before, state = _signal_when_it_sleeps(tmp_path, data_root, 2, _ctrl_c)
+def test_ctrl_c_mid_epoch_and_before_a_first_report_then_during_the_final_export(tmp_path, data_root):
+    """One search, three commands, the user's way:
+    1. Ctrl-C (SIGINT to the process group) with two trials running: one past its epoch-1 checkpoint, inside
+       epoch 2; the other inside epoch 1, before its first report. Both unfinished, nothing exported.
+    2. The printed --resume continues the first from its checkpoint and starts the second again; every trial
+       done, the driver is held in its export (the test-only driver fault) and Ctrl-C'd there: nothing
+       exported, the earlier export stays.
+    3. --resume again rebuilds the results and exports."""
+    space, proc, log, before, state = _signal_when_it_sleeps(tmp_path, data_root, (2, 1), _ctrl_c)
     table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
-    assert len(table) == 1 and list(table["epochs"]) == [1]
+    assert sorted(table["epochs"]) == [0, 1], table  # mid epoch 2; before the first report
 
-    # the printed command continues the trial from epoch 1 (the fault fired once: no sleep now), then the next
-    proc, log = _start(space, tmp_path, "--resume", env=_user_env(**{TEST_FAULTS_ENV: _sleep_faults(state, 2)}))
+    # the faults fired once each: no sleep now; the driver sleeps in its export instead
+    hold = [{"stage": "export", "fault": "sleep", "seconds": 600}, *json.loads(_sleep_faults(state, (2, 1)))]
+    proc, log = _start(space, tmp_path, "--resume", env=_user_env(**{TEST_FAULTS_ENV: json.dumps(hold)}))
     try:
-        assert proc.wait(300) == 0, log.read_text()[-3000:]
-    finally:
-        _end(proc)
-    exp = tmp_path / "outputs" / "tiny"
-    (run,) = [d for d in exp.iterdir() if d.name != "best"]
-    table = pd.read_csv(run / "results.csv")
-    assert set(table["status"]) == {"completed"} and len(table) == 2
-    for progress in run.glob("trial_*/progress.csv"):
-        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2], progress  # epoch 1 not re-run
-    assert (exp / "best" / "export.json").is_file()
-    assert os.readlink(tmp_path / "outputs" / "best") == os.path.join("tiny", "best")
-
-
-def test_ctrl_c_before_the_first_report(tmp_path, data_root):
-    space, proc, log, before, _ = _signal_when_it_sleeps(tmp_path, data_root, 1, _ctrl_c)
-    table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
-    assert list(table["epochs"]) == [0]
-
-
-def test_sigterm_to_the_driver_mid_epoch(tmp_path, data_root):
-    """A batch scheduler's SIGTERM, to the driver process only, with two trials running at once (the one test
-    here that interrupts several: each is left unfinished)."""
-    space, proc, log, before, _ = _signal_when_it_sleeps(tmp_path, data_root, 2,
-                                                         lambda p: p.send_signal(signal.SIGTERM), at_once=2)
-    table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
-    assert len(table) == 2 and list(table["epochs"]) == [1, 1]
-
-
-def test_ctrl_c_during_the_final_export(tmp_path, data_root):
-    """Every trial done, the driver in its export (held there by the test-only driver fault): nothing is
-    exported, the earlier export stays; --resume then rebuilds the results and exports."""
-    space = _space(tmp_path, data_root)
-    _, before = _previous_export(tmp_path)
-    hold = json.dumps([{"stage": "export", "fault": "sleep", "seconds": 600}])
-    proc, log = _start(space, tmp_path, env=_user_env(**{TEST_FAULTS_ENV: hold}))
-    try:
-        _wait(lambda: "exporting" in log.read_text(), proc, log, "the search exports")
+        _wait(lambda: "exporting" in log.read_text(), proc, log, "the resumed search exports")
         time.sleep(1)
-        os.killpg(proc.pid, signal.SIGINT)
+        _ctrl_c(proc)
     except BaseException:
         _end(proc)
         raise
-    _check_interrupted(tmp_path, proc, log, before, space, {"completed"})
+    table = _check_interrupted(tmp_path, proc, log, before, space, {"completed"})
+    assert len(table) == 2, table
+    exp = tmp_path / "outputs" / "tiny"
+    (run,) = [d for d in exp.iterdir() if d.is_dir()]
+    for progress in run.glob("trial_*/progress.csv"):
+        # each epoch reported once: the first trial went on from its epoch-1 checkpoint
+        assert list(pd.read_csv(progress)["training_iteration"]) == [1, 2], progress
 
     proc, log = _start(space, tmp_path, "--resume")
     try:
         assert proc.wait(300) == 0, log.read_text()[-3000:]
     finally:
         _end(proc)
-    assert (tmp_path / "outputs" / "tiny" / "best" / "export.json").is_file()
+    assert (exp / "best" / "export.json").is_file()
+    assert os.readlink(tmp_path / "outputs" / "best") == os.path.join("tiny", "best")
+
+
+def test_sigterm_to_the_driver_mid_epoch(tmp_path, data_root):
+    """A batch scheduler's SIGTERM, to the driver process only, with the first trial inside epoch 2 and the
+    second not yet started (it waits for the one slot)."""
+    space, proc, log, before, _ = _signal_when_it_sleeps(tmp_path, data_root, (2,),
+                                                         lambda p: p.send_signal(signal.SIGTERM))
+    table = _check_interrupted(tmp_path, proc, log, before, space, {"unfinished"})
+    assert len(table) == 1 and list(table["epochs"]) == [1]
 
 
 def test_debug_interrupted_is_one_line_and_exit_130(tmp_path, data_root):
