@@ -271,7 +271,7 @@ def test_failing_trials_are_recorded_and_the_best_of_the_rest_is_exported(tmp_pa
     ]))
     db = tmp_path / "optuna.db"
     path = space_file(tmp_path, data_root, {
-        "num_samples": 4, "max_concurrent_trials": 2, "resources": {"cpu": 1}, "max_failures": 1,
+        "num_samples": 4, "max_concurrent_trials": 1, "resources": {"cpu": 1}, "max_failures": 1,
         "scheduler": {"name": "fifo", "max_epochs": 2}, "optuna_storage": f"sqlite:///{db}",
     }, points=[point(lr) for lr in (NAN, CRASH, TRANSIENT, 0.01)])
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
