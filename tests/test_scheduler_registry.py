@@ -71,7 +71,8 @@ def _space(tmp_path: Path, data_root: Path) -> Path:
                  "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"],
         "params": {"optimizer.lr": {"choice": [0.01, 0.02]}},
         "search": {"experiment": "toy", "storage_path": str(tmp_path / "outputs"), "num_samples": 1,
-                   "resources": {"cpu": 1}, "scheduler": {"name": "toy_grid", "max_epochs": 1},
+                   # one trial at a time: one Ray worker, reused, imports torch and Lightning once
+                   "max_concurrent_trials": 1, "resources": {"cpu": 1}, "scheduler": {"name": "toy_grid", "max_epochs": 1},
                    "final": {"top_k": 0}},
     }, sort_keys=False))
     return path
@@ -104,7 +105,11 @@ def test_a_plugin_schedulers_parts_are_used_by_debug_and_a_search(tmp_path, cifa
     marks = tmp_path / "search_marks"
     proc = _run(tmp_path, _env(tmp_path, marks))
     assert (marks / "build").exists() and (marks / "search_alg").exists()  # the driver built both
-    assert len(list(marks.glob("callback_*"))) == 2  # one per trial, in Ray's worker processes
+    callbacks = list(marks.glob("callback_*"))  # callback_<pid>_<id>: one per trial, in Ray's worker processes
+    assert len(callbacks) == 2
+    # search.max_concurrent_trials=1 holds for the toy's own variant generator too (Tune would ignore it): one
+    # trial at a time, so the second trial reused the first one's process
+    assert len({c.name.split("_")[1] for c in callbacks}) == 1, callbacks
     run_dir = next((tmp_path / "outputs" / "toy").glob("20*"))
     table = pd.read_csv(run_dir / "results.csv")
     # the toy's grid, not the Optuna study: both values once (num_samples=1 repeats the grid once)

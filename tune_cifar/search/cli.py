@@ -126,6 +126,7 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         else:
             if parts.search_alg:  # the scheduler's own search algorithm (e.g. Ray's PBT takes no Optuna searcher)
                 searcher, param_space = parts.search_alg(space)
+                _limit_generator(searcher, concurrent)
             else:  # the Optuna study's: run_dir/optuna.db or optuna_storage
                 searcher, param_space = study.make_searcher(space, run_dir, paths.name), {}
             searcher = budget.wrap(searcher, s)  # search.budget: trials start until it is spent
@@ -236,6 +237,15 @@ def _concurrent_trials(s, population: bool) -> int | None:
 
     fit = max(1, trials_that_fit([n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")], s.resources.total()))
     return min(fit, s.max_concurrent_trials or fit)
+
+
+def _limit_generator(searcher, concurrent: int | None) -> None:
+    """search.max_concurrent_trials for a scheduler's own variant generator: Tune limits a Searcher itself
+    (ConcurrencyLimiter) but only warns and ignores the limit for a search generator it is handed."""
+    from ray.tune.search import BasicVariantGenerator
+
+    if concurrent and isinstance(searcher, BasicVariantGenerator) and not searcher.max_concurrent:
+        searcher.max_concurrent = concurrent
 
 
 def _interrupted(paths: storage.RunPaths) -> dict:
