@@ -1,11 +1,11 @@
 """Re-evaluation before export (search.final, issue 18): the best configurations trained again with new training
 seeds, as a second Tune experiment in the run folder; the export is the best mean's configuration.
 
-One search on the user's path serves every Ray assertion: started in a subprocess of its own session, one trial
-at a time (each trial process costs seconds of CPU: one per command, reused), stopped by SIGTERM while its first
-re-evaluation run is held in epoch 2 (a test fault on the first training seed, each run's first attempt only),
-resumed and SIGKILLed (its whole session) while the second run is held there, then resumed to the end; then
-``predict --best``.
+By default one search on the user's path serves the Ray assertions: run to its end in a subprocess, one trial
+at a time (each trial process costs seconds of CPU: one per experiment, reused); then ``predict --best``.
+Marked slow (~70 CPU-s: three commands): the same search stopped by SIGTERM while its first re-evaluation run
+is held in epoch 2 (a test fault on the first training seed, each run's first attempt only), resumed and
+SIGKILLed (its whole session) while the second run is held there, then resumed to the end.
 """
 
 from __future__ import annotations
@@ -141,14 +141,8 @@ def _until(cond, proc: subprocess.Popen, log: Path, what: str, timeout: float = 
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
-def search(tmp_path_factory, cifar10_root):
-    """The search, SIGTERM while its first re-evaluation run hangs in epoch 2 (graceful: exit 130);
-    ``--resume``: that run goes on from its epoch-1 checkpoint and ends, SIGKILL to the session while the second
-    run hangs in epoch 2; ``--resume`` to the end; ``predict --best``. The runs go seed by seed (final.points):
-    the fault on the first seed holds each of the first TOP_K runs once, on its first attempt."""
-    tmp = tmp_path_factory.mktemp("reeval")
-    path = write_space(tmp, cifar10_root, {
+def _space(tmp: Path, data_root: Path) -> Path:
+    return write_space(tmp, data_root, {
         "num_samples": TRIALS, "max_concurrent_trials": 1, "resources": {"cpu": 1},
         "scheduler": {"name": "asha", "max_epochs": EPOCHS, "grace_period": 1, "reduction_factor": 2},
         "searcher": {"name": "random", "seed": 0},
@@ -156,6 +150,37 @@ def search(tmp_path_factory, cifar10_root):
         "budget": {"trial_epochs": BUDGET}, "final": {"top_k": TOP_K, "seeds": SEEDS, "budget_share": 0.5}},
         # learning rates that learn in 2 epochs on the tiny data (sampled ones may not, and tie at chance)
         points=[{"optimizer.optimizer": "adamw", "optimizer.lr": lr} for lr in (0.02, 0.01, 0.005)], searcher="random")
+
+
+def _predict(tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tune_cifar.predict", "--best", "--output-dir", str(tmp / "outputs")],
+                          cwd=tmp, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, cifar10_root):
+    """The search run to its end as a user runs it (one command: its trials, then their re-evaluation), one
+    trial at a time (one trial process per experiment, reused); then ``predict --best``."""
+    tmp = tmp_path_factory.mktemp("reeval_plain")
+    path = _space(tmp, cifar10_root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_CIFAR_TEST"))}
+    done = subprocess.run([sys.executable, "-m", "tune_cifar.search", str(path)], cwd=tmp, capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    exp = tmp / "outputs" / "tiny"
+    (run,) = [d.parent for d in exp.glob("*/reeval")]
+    return SimpleNamespace(tmp=tmp, run=run, exp=exp, path=path, out=done, predicted=_predict(tmp),
+                           results=pd.read_csv(run / "results.csv"), runs=pd.read_csv(run / "reeval.csv"))
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory, cifar10_root):
+    """The search, SIGTERM while its first re-evaluation run hangs in epoch 2 (graceful: exit 130);
+    ``--resume``: that run goes on from its epoch-1 checkpoint and ends, SIGKILL to the session while the second
+    run hangs in epoch 2; ``--resume`` to the end. The runs go seed by seed (final.points): the fault on the
+    first seed holds each of the first TOP_K runs once, on its first attempt."""
+    tmp = tmp_path_factory.mktemp("reeval")
+    path = _space(tmp, cifar10_root)
     faults = [{"when": {"run.train_seed": seed}, "epoch": 2, "fault": "sleep", "seconds": 600, "times": 1,
                "state_dir": str(tmp / "faults")} for seed in (FIRST_SEED,)]
     env = {**os.environ, TEST_FAULTS_ENV: json.dumps(faults), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
@@ -189,13 +214,12 @@ def search(tmp_path_factory, cifar10_root):
     resumed = subprocess.run([sys.executable, "-m", "tune_cifar.search", str(path), "--resume"], cwd=tmp,
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    predicted = subprocess.run([sys.executable, "-m", "tune_cifar.predict", "--best", "--output-dir",
-                                str(tmp / "outputs")], cwd=tmp, capture_output=True, text=True, timeout=300)
     return SimpleNamespace(tmp=tmp, run=run, exp=exp, path=path, stopped=stopped, killed=killed,
-                           main_trials=main_trials, resumed=resumed, predicted=predicted,
+                           main_trials=main_trials, resumed=resumed,
                            results=pd.read_csv(run / "results.csv"), runs=pd.read_csv(run / "reeval.csv"))
 
 
+@pytest.mark.slow  # three commands and SIGTERM/SIGKILL: ~70 CPU-s; the plain search below is the default's
 def test_a_search_stopped_or_killed_during_re_evaluation_resumes_it_without_rerunning_its_trials(search):
     import optuna
 
@@ -221,8 +245,8 @@ def test_a_search_stopped_or_killed_during_re_evaluation_resumes_it_without_reru
         assert list(pd.read_csv(p)["training_iteration"]) == list(range(1, EPOCHS + 1)), p
 
 
-def test_re_evaluated_configurations_have_their_mean_in_results_csv(search):
-    table, runs = search.results, search.runs
+def test_re_evaluated_configurations_have_their_mean_in_results_csv(searched):
+    table, runs = searched.results, searched.runs
     # reeval.csv: each chosen configuration once per new training seed, every run to its full epochs (FIFO)
     assert len(runs) == TOP_K * SEEDS and set(runs["status"]) == {"completed"} and set(runs["epochs"]) == {EPOCHS}
     assert sorted(runs["train_seed"].unique()) == [FIRST_SEED + j for j in range(SEEDS)]
@@ -238,7 +262,7 @@ def test_re_evaluated_configurations_have_their_mean_in_results_csv(search):
         assert row["reeval_mean"] == pytest.approx(values.mean())
         assert row["reeval_se"] == pytest.approx(values.std(ddof=1) / math.sqrt(len(values)))
     assert table["reeval_mean"].isna().sum() == TRIALS - TOP_K
-    out = search.resumed.stdout
+    out = searched.out.stdout
     assert f"re-evaluation: the top {TOP_K} configurations by accuracy/val" in out
     assert f"{TOP_K * SEEDS} of {TOP_K * SEEDS} more trials" in out
     # paid out of the budget: the runs' epochs were held back, and all epochs stay within it (+ a trial's - 1)
@@ -247,16 +271,16 @@ def test_re_evaluated_configurations_have_their_mean_in_results_csv(search):
     assert table["epochs"].sum() + runs["epochs"].sum() <= BUDGET + EPOCHS - 1
 
 
-def test_the_export_is_the_best_mean_and_predict_shows_it(search):
+def test_the_export_is_the_best_mean_and_predict_shows_it(searched):
     from tune_cifar.export import read_export
 
-    table, runs = search.results, search.runs
+    table, runs = searched.results, searched.runs
     scored = table[table["reeval_n"].notna()].set_index(table["trial_id"].astype(str)[table["reeval_n"].notna()])
     # the best mean; of equal means the configuration the search ranked first (the plan's order)
-    order = [c["trial_id"] for c in json.loads((search.run / "reeval.json").read_text())["configurations"]]
+    order = [c["trial_id"] for c in json.loads((searched.run / "reeval.json").read_text())["configurations"]]
     top_mean = scored["reeval_mean"].max()
     best = scored.loc[next(c for c in order if scored.loc[c, "reeval_mean"] == pytest.approx(top_mean))]
-    exp = read_export(search.exp / "best")
+    exp = read_export(searched.exp / "best")
     reeval = exp.metrics["reeval"]
     assert reeval["n"] == SEEDS + 1 and reeval["trial_id"] == best.name
     assert reeval["mean"] == pytest.approx(best["reeval_mean"]) and reeval["se"] == pytest.approx(best["reeval_se"])
@@ -270,11 +294,11 @@ def test_the_export_is_the_best_mean_and_predict_shows_it(search):
     assert exp.metrics["accuracy/val"] == pytest.approx(value)
     assert exp.config["run"]["train_seed"] == (None if seed is None else int(seed))  # the seed it trained with
     assert exp.config["run"]["seed"] == 42  # the validation split: the search's
-    best_json = json.loads((search.run / "best.json").read_text())
+    best_json = json.loads((searched.run / "best.json").read_text())
     assert best_json["best_trial"] == best.name
     # predict --best prints it, and keeps it in its metrics.json
-    assert search.predicted.returncode == 0, search.predicted.stderr[-2000:]
+    assert searched.predicted.returncode == 0, searched.predicted.stderr[-2000:]
     assert (f"re-evaluated by the search: accuracy/val mean {reeval['mean']:.4f} ± {reeval['se']:.4f} "
-            f"(standard error) over n={SEEDS + 1}") in search.predicted.stdout
-    (written,) = (search.exp / "predict").glob("*/metrics.json")
+            f"(standard error) over n={SEEDS + 1}") in searched.predicted.stdout
+    (written,) = (searched.exp / "predict").glob("*/metrics.json")
     assert json.loads(written.read_text())["reeval"]["mean"] == pytest.approx(reeval["mean"])
