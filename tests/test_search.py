@@ -57,8 +57,9 @@ def test_asha_search_stops_trials_early_and_exports_the_best(tmp_path, data_root
     from tune_cifar.search.cli import run_search
     from tune_cifar.search.space import load_space
 
+    # one trial at a time: one trial process, reused by every trial after a stopped one's slow teardown
     path = space_file(tmp_path, data_root, {
-        "num_samples": 4, "max_concurrent_trials": 2, "resources": {"cpu": 1},
+        "num_samples": 4, "max_concurrent_trials": 1, "resources": {"cpu": 1},
         "scheduler": {"name": "asha", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2},
     }, points=[STRONG, {**STRONG, "optimizer.lr": 0.005}, WEAK, {**WEAK, "optimizer.optimizer": "adamw"}])
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
