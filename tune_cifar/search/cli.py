@@ -80,12 +80,12 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
         trust.check_run(paths.ray_dir, s.storage_path)  # whole, and only ours to write: before Ray reads it
         if parts.uses_study and not s.optuna_storage:  # the run's own study (PBT has none)
             trust.check_study_file(paths.local / STUDY_FILE, study_name(s))
-    if not space.deep_checked:  # main left the space's slower checks until the run folder's were passed
-        check_deep(space)  # a refusal here leaves nothing: main releases the experiment's lock (claim.py)
     from . import study  # Optuna and Ray Tune's searcher: after the checks above, so that they answer at once
 
     if not plan.resume and parts.uses_study and s.optuna_storage:  # the default study is new: in the new run folder
         study.check_study(study.optuna_storage(s), space)  # direction and parameters, before anything is written
+    if not space.deep_checked:  # main left the space's slower checks until the run folder's (and study's) passed
+        check_deep(space)  # a refusal here leaves nothing: main releases the experiment's lock (claim.py)
     run_dir = paths.local
     # torch and the rest of Ray only now: a refused --resume answers without them
     import ray
