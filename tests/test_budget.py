@@ -1,12 +1,12 @@
 """A search spends a trial-epoch budget (issue 18): ``search.budget.trial_epochs``, on the user's path.
 
-One search, run as a user runs it (``python -m tune_cifar.search`` in its own session), shared by the
-tests of this module: a budget of 6 trial-epochs, trials of at most 2 epochs, 2 at a time, ASHA. The
-first trial is strong and the later ones weak (points_to_evaluate), so ASHA stops the weak ones after one
-epoch and the budget buys more trials than 6 / 2. The second trial sleeps in its first epoch (a test
-fault, first attempt only); once the rest of the budget is spent the search waits for it, and is
-interrupted there (Ctrl-C to the process group), then resumed with ``--resume``: the resumed search must
-count the 4 epochs already done, start no new trial, and end within the budget.
+A budget of 6 trial-epochs, trials of at most 2 epochs, 2 at a time, ASHA. The first trial is strong and the
+later ones weak (points_to_evaluate), so ASHA stops the weak ones after one epoch and the budget buys more
+trials than 6 / 2. By default one search runs to its end as a user runs it (``python -m tune_cifar.search``).
+Marked slow (two commands and a signal): the same search whose second trial sleeps in its first epoch (a test
+fault, first attempt only); once the rest of the budget is spent the search waits for it, and is interrupted
+there (Ctrl-C to the process group), then resumed with ``--resume``: the resumed search must count the 4
+epochs already done, start no new trial, and end within the budget.
 """
 
 from __future__ import annotations
@@ -29,19 +29,37 @@ SLEEPER = {"optimizer.optimizer": "sgd", "optimizer.lr": 3e-5, "optimizer.moment
 WEAK = [{"optimizer.optimizer": "sgd", "optimizer.lr": lr, "optimizer.momentum": 0.9} for lr in (1e-5, 2e-5, 4e-5)]
 
 
-@pytest.fixture(scope="module")
-def search(tmp_path_factory) -> dict:
-    """The budget search, interrupted while its last trial sleeps and resumed: the logs and the run folder."""
+def _space(tmp: Path) -> Path:
     from cifar_files import write_cifar10
 
-    tmp = tmp_path_factory.mktemp("budget")
     root = tmp / "cifar10"
     write_cifar10(root, n_train=400, n_test=60, seed=0)  # enough for adamw 0.01 to beat sgd 1e-5 at epoch 1
-    space = write_space(tmp, root, {
+    return write_space(tmp, root, {
         "metric": "loss/val",  # continuous: no ties at ASHA's rung (a tie passes)
         "budget": {"trial_epochs": BUDGET}, "max_concurrent_trials": SLOTS, "resources": {"cpu": 1},
         "scheduler": {"name": "asha", "max_epochs": EPOCHS, "grace_period": 1, "reduction_factor": 2},
         "checkpoints_to_keep": 1}, points=[STRONG, SLEEPER, *WEAK], searcher="random")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> dict:
+    """The budget search run to its end in one command: its log and run folder."""
+    tmp = tmp_path_factory.mktemp("budget_plain")
+    proc, log = _start(_space(tmp), tmp)
+    try:
+        code = proc.wait(300)
+    finally:
+        _end(proc)
+    exp = tmp / "outputs" / "tiny"
+    (run,) = [d for d in exp.iterdir() if d.is_dir() and d.name != "best"]
+    return {"second": (code, log.read_text()), "run": run, "exp": exp}
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory) -> dict:
+    """The budget search, interrupted while its last trial sleeps and resumed: the logs and the run folder."""
+    tmp = tmp_path_factory.mktemp("budget")
+    space = _space(tmp)
     state = tmp / "faults"
     faults = json.dumps([{"when": {"optimizer.lr": SLEEPER["optimizer.lr"]}, "epoch": 1, "fault": "sleep",
                           "seconds": 600, "times": 1, "state_dir": str(state)}])
@@ -67,7 +85,10 @@ def search(tmp_path_factory) -> dict:
             "run": run, "exp": exp}
 
 
-def test_the_budget_buys_more_trials_than_full_ones_and_ends_within_it(search):
+@pytest.mark.parametrize("how", ["searched", pytest.param("search", marks=pytest.mark.slow)])
+def test_the_budget_buys_more_trials_than_full_ones_and_ends_within_it(how, request):
+    """In one command, and (slow) interrupted and resumed."""
+    search = request.getfixturevalue(how)
     code, text = search["second"]
     assert code == 0, text[-3000:]
     table = pd.read_csv(search["run"] / "results.csv")
@@ -82,6 +103,15 @@ def test_the_budget_buys_more_trials_than_full_ones_and_ends_within_it(search):
     assert (search["exp"] / "best" / "export.json").is_file()
 
 
+def test_progress_lines_show_the_budget(searched):
+    code, text = searched["second"]
+    assert code == 0, text[-3000:]
+    spent = [int(line.split()[1].split("/")[0]) for line in text.splitlines() if line.startswith("budget: ")]
+    assert spent and spent == sorted(spent) and 1 <= spent[0] <= EPOCHS, text[-3000:]  # one line as trials end
+    assert f"budget: {spent[-1]}/{BUDGET} trial-epochs" in text
+
+
+@pytest.mark.slow
 def test_progress_lines_and_the_interruption_show_the_budget(search):
     code, text = search["first"]
     assert code == 130, text[-3000:]
@@ -92,6 +122,7 @@ def test_progress_lines_and_the_interruption_show_the_budget(search):
     assert f"search interrupted after {len(search['before'])} trials (budget: {done}/{BUDGET} trial-epochs)" in text
 
 
+@pytest.mark.slow
 def test_resume_counts_the_epochs_already_done(search):
     before, (code, text) = search["before"], search["second"]
     done = int(before["epochs"].sum())
