@@ -62,7 +62,9 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
 
     Ctrl-C or SIGTERM while it fits or tests stops it at the end of the batch (``interrupted``: one line
     with the command that resumes it, built from ``argv``; exit 130)."""
-    # torch and Lightning are imported here, once the config is read: a bad override is refused in a second
+    # the output folder before torch and Lightning, which are imported once the config is read: a bad override
+    # or output folder is refused in a second
+    check_output_dir(cfg.run.output_dir, "run.output_dir")
     import pytorch_lightning as pl
 
     from .classifier import Classifier
@@ -72,7 +74,6 @@ def run(cfg: Config, arrays: ImageArrays | None = None, out_dir: Path | None = N
 
     pl.seed_everything(cfg.run.training_seed, workers=True, verbose=False)  # weights; the split: run.seed
     preflight(cfg)  # before any download or folder
-    check_output_dir(cfg.run.output_dir, "run.output_dir")
     arrays = arrays if arrays is not None else load_data(cfg.data, cfg.task.task)
     ckpt_path = system = scored = None
     if cfg.run.predict:
