@@ -181,8 +181,8 @@ def search(tmp_path_factory, cifar10_root):
     first seed holds each of the first TOP_K runs once, on its first attempt."""
     tmp = tmp_path_factory.mktemp("reeval")
     path = _space(tmp, cifar10_root)
-    faults = [{"when": {"run.train_seed": seed}, "epoch": 2, "fault": "sleep", "seconds": 600, "times": 1,
-               "state_dir": str(tmp / "faults")} for seed in (FIRST_SEED,)]
+    faults = [{"when": {"run.train_seed": FIRST_SEED}, "epoch": 2, "fault": "sleep", "seconds": 600, "times": 1,
+               "state_dir": str(tmp / "faults")}]
     env = {**os.environ, TEST_FAULTS_ENV: json.dumps(faults), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     exp = tmp / "outputs" / "tiny"
 

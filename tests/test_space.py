@@ -314,3 +314,17 @@ def test_pbt_without_a_searcher_line_draws_at_random(tmp_path):
                     search={"scheduler": {"name": "pbt"}, "searcher": {"name": "tpe"}}, name="tpe.yaml")
     with pytest.raises(UserError, match=r"search.searcher.name='tpe' is not allowed; allowed: random"):
         load_space(written)  # a tpe the user wrote is still refused
+
+
+def test_a_deep_checked_space_stays_so_only_for_what_check_deep_does_not_read(tmp_path, cifar10_root):
+    """run_search skips check_deep for a space load_space checked; a copy with another base is checked again
+    unless its caller says the new values are none of what check_deep reads (the experiment's name, display)."""
+    from conftest import write_space
+
+    path = write_space(tmp_path, cifar10_root, {})
+    assert not load_space(path, deep=False).deep_checked
+    space = load_space(path)
+    assert space.deep_checked and space.renamed("other").deep_checked
+    assert space.with_base({"trainer.enable_progress_bar": False}, checked=True).deep_checked
+    assert not space.with_base({"model.model_name": "small_cnn"}).deep_checked
+    assert not load_space(path, deep=False).with_base({}, checked=True).deep_checked

@@ -71,8 +71,8 @@ def run_search(space: SearchSpace, address: str | None = None, overrides: Sequen
     from .registry import scheduler_parts
 
     # Ray's table is the progress display; --new-name renames the copy the plan holds
-    plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}), overrides, resume=resume,
-                            new_name=new_name)  # refuses to reuse a name silently
+    plan = storage.plan_run(space.with_base({"trainer.enable_progress_bar": False}, checked=True), overrides,
+                            resume=resume, new_name=new_name)  # refuses to reuse a name silently
     space, paths, s = plan.space, plan.paths, plan.space.search
     parts = scheduler_parts(s)  # registry.py: what the scheduler supplies or needs
     if plan.resume:

@@ -50,16 +50,18 @@ class SearchSpace:
     def sampled(self) -> list[Param]:
         return [p for p in self.params if p.sampled]
 
-    def with_base(self, values: dict) -> SearchSpace:
-        """A copy whose base config has ``values`` ({dotted key: value}) set; this space is not changed."""
+    def with_base(self, values: dict, checked: bool = False) -> SearchSpace:
+        """A copy whose base config has ``values`` ({dotted key: value}) set; this space is not changed. The
+        copy is not deep-checked (check_deep), unless ``checked`` says that ``values`` are none of what it
+        checks (models, metrics) and this space was."""
         base = copy.deepcopy(self.base)
         for key, v in values.items():
             set_dotted(base, key, copy.deepcopy(v))
-        return dataclasses.replace(self, base=base)
+        return dataclasses.replace(self, base=base, deep_checked=checked and self.deep_checked)
 
     def renamed(self, experiment: str) -> SearchSpace:
         """A copy for experiment ``experiment``: search.experiment and the trials' run.experiment."""
-        return dataclasses.replace(self.with_base({"run.experiment": experiment}),
+        return dataclasses.replace(self.with_base({"run.experiment": experiment}, checked=True),
                                    search=dataclasses.replace(self.search, experiment=experiment))
 
     def suggest(self, trial) -> dict:
